@@ -23,6 +23,31 @@ class DoubleBackwardError(RuntimeError):
     """Raised when the generator contains an op whose backward cannot be differentiated again."""
 
 
+_WRAPPER_HINTS = (
+    (
+        ("torch.compile", "aot_autograd", "donated buffers"),
+        "The generator runs under torch.compile, whose compiled backward cannot be differentiated "
+        "again. Give the penalty the eager module behind it (compiled._orig_mod, which shares the "
+        "parameters; PathLengthPenalty.run does this itself) or use pathlength.compiled for a "
+        "compiled penalty.",
+    ),
+    (
+        ("use_reentrant",),
+        "The generator uses torch.utils.checkpoint with use_reentrant=True, which does not support "
+        "autograd.grad. Pass use_reentrant=False to checkpoint.",
+    ),
+)
+
+
+def explain(error: BaseException) -> str:
+    """Return the error's message, followed by a remedy when a known wrapper caused it."""
+    message = str(error)
+    for markers, hint in _WRAPPER_HINTS:
+        if any(marker in message for marker in markers):
+            return f"{message} {hint}"
+    return message
+
+
 def _walk(roots: list[Any], stop: set[Any]) -> Iterator[Any]:
     seen: set[Any] = set()
     stack = [node for node in roots if node is not None]
@@ -84,7 +109,8 @@ def check_graph(outputs: Tensor, images: Tensor, ws: Tensor) -> None:
     except (RuntimeError, NotImplementedError) as error:
         raise DoubleBackwardError(
             f"the generator cannot be differentiated twice, which path length regularization "
-            f"needs: {error}. Replace the op named above with one that supports double backward."
+            f"needs: {explain(error)} Otherwise replace the op named above with one that supports "
+            "double backward."
         ) from error
 
 

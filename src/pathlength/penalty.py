@@ -133,8 +133,8 @@ def path_lengths(
         )
     except RuntimeError as error:
         raise DoubleBackwardError(
-            f"the backward pass from the images to ws failed: {error}. With create_graph=True every op "
-            "of the generator must support double backward."
+            f"the backward pass from the images to ws failed: {_autograd_checks.explain(error)} "
+            "With create_graph=True every op of the generator must support double backward."
         ) from error
 
     if grad is None:
@@ -225,6 +225,16 @@ def _check_positive_int(name: str, value: Any) -> int:
     if isinstance(value, bool) or not (isinstance(value, int) or is_integral_float) or value <= 0:
         raise ValueError(f"{name} must be a positive integer, got {value!r}")
     return int(value)
+
+
+def _eager_module(generator: Callable[..., Tensor]) -> Callable[..., Tensor]:
+    # torch.compile's module wrapper keeps the eager module, which shares its parameters, as
+    # _orig_mod. Its compiled backward cannot be differentiated again, so the penalty runs eagerly.
+    original = getattr(generator, "_orig_mod", None)
+    if isinstance(generator, nn.Module) and isinstance(original, nn.Module):
+        logger.info("Running the eager module behind torch.compile for path length regularization")
+        return original
+    return generator
 
 
 class PathLengthPenalty(nn.Module):
@@ -431,6 +441,7 @@ class PathLengthPenalty(nn.Module):
         if not self.is_due(current):
             return None
 
+        generator = _eager_module(generator)
         batch = self.batch_size(ws.shape[0])
         ws = ws[:batch]
         if not ws.requires_grad:
