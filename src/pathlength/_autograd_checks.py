@@ -10,6 +10,7 @@ find both on the first regularization step and name the op and, when the generat
 from __future__ import annotations
 
 import contextlib
+import copy
 import inspect
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +31,11 @@ _WRAPPER_HINTS = (
         "again. Give the penalty the eager module behind it (compiled._orig_mod, which shares the "
         "parameters; PathLengthPenalty.run does this itself) or use pathlength.compiled for a "
         "compiled penalty.",
+    ),
+    (
+        ("a second time",),
+        "The images' graph was already freed by an earlier backward: run the generator again for "
+        "the penalty, or pass retain_graph=True to the earlier backward.",
     ),
     (
         ("use_reentrant",),
@@ -148,6 +154,8 @@ def record_module_calls(generator: Any, enabled: bool = True) -> Iterator[list[M
 
 
 def _probe(call: ModuleCall) -> DoubleBackwardError | None:
+    # A copy, so a probe cannot change the real module's state (BatchNorm statistics, counters).
+    call = ModuleCall(call.name, copy.deepcopy(call.module), call.inputs, call.depth)
     inputs = tuple(
         arg.clone().requires_grad_(True) if isinstance(arg, Tensor) and arg.is_floating_point() else arg
         for arg in call.inputs
@@ -162,6 +170,13 @@ def _probe(call: ModuleCall) -> DoubleBackwardError | None:
             output = next((item for item in output if isinstance(item, Tensor)), None)
         if not isinstance(output, Tensor) or not output.requires_grad:
             return None
+
+        # Walk the forward graph before any backward: with a constant cotangent a once-differentiable
+        # backward returns gradients that do not require grad, which the checks below skip.
+        for node in _walk([output.grad_fn], set()):
+            if _is_once_differentiable(node):
+                return DoubleBackwardError(f"{node._forward_cls.__qualname__} is @once_differentiable")
+
         cotangent = torch.randn_like(output)
         grads = torch.autograd.grad((output * cotangent).sum(), differentiable, create_graph=True, allow_unused=True)
         grads = [grad for grad in grads if grad is not None and grad.requires_grad]
@@ -169,9 +184,6 @@ def _probe(call: ModuleCall) -> DoubleBackwardError | None:
             return None
         second = sum(grad.float().square().sum() for grad in grads)
         try:
-            for node in _walk([output.grad_fn], set()):
-                if _is_once_differentiable(node):
-                    raise DoubleBackwardError(f"{node._forward_cls.__qualname__} is @once_differentiable")
             params = [param for param in call.module.parameters() if param.requires_grad]
             torch.autograd.grad(second, differentiable + params, allow_unused=True)
         except (RuntimeError, NotImplementedError) as error:

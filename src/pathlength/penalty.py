@@ -132,6 +132,8 @@ def path_lengths(
             outputs=inner, inputs=ws, create_graph=create_graph, allow_unused=True
         )
     except RuntimeError as error:
+        if "a second time" in str(error):
+            raise RuntimeError(_autograd_checks.explain(error)) from error
         raise DoubleBackwardError(
             f"the backward pass from the images to ws failed: {_autograd_checks.explain(error)} "
             "With create_graph=True every op of the generator must support double backward."
@@ -158,7 +160,7 @@ def path_lengths(
 def _safe_sqrt(squares: Tensor) -> Tensor:
     # The inner where keeps sqrt away from 0, so its infinite derivative never enters the graph;
     # the outer one returns an exact 0 there with a zero gradient. Testing `== 0` rather than `> 0`
-    # lets a NaN square through as NaN, where the non-finite guard sees it.
+    # keeps a NaN square NaN, so the non-finite guard detects it.
     zero = squares == 0
     safe = torch.where(zero, torch.ones_like(squares), squares)
     return torch.where(zero, torch.zeros_like(squares), safe.sqrt())
@@ -352,7 +354,9 @@ class PathLengthPenalty(nn.Module):
                 gradient and removed, and an overflow skips the step.
             step: the caller's step number, used only in messages.
         """
-        label = f"step {step if step is not None else int(self.step)}"
+        # run() always passes its step. The step buffer counts run() calls only, so a direct call
+        # without `step` has no number to report.
+        label = f"step {step}" if step is not None else "step ? (pass step= to number it)"
         device = images.device
 
         if not self.enabled:
@@ -370,8 +374,7 @@ class PathLengthPenalty(nn.Module):
         problem = self._find_nonfinite(images, lengths)
         if problem is not None:
             if scaler is not None and grad_scale is not None:
-                # A scaled gradient that overflowed: GradScaler lowers its scale on its next update.
-                return self._skipped_result(device, f"{label}: {problem} (fp16 overflow)", lengths)
+                return self._overflow_result(images, lengths, f"{label}: {problem} (fp16 overflow)")
             if self.on_nonfinite == "skip":
                 logger.warning("Skipped path length %s: %s; pl_mean stays %.6g", label, problem, self.pl_mean.item())
                 return self._skipped_result(device, f"{label}: {problem}", lengths)
@@ -443,10 +446,16 @@ class PathLengthPenalty(nn.Module):
 
         generator = _eager_module(generator)
         batch = self.batch_size(ws.shape[0])
+        ws_full = ws
         ws = ws[:batch]
         if not ws.requires_grad:
             ws = ws.detach().requires_grad_(True)
         per_sample = tuple(None if value is None else value[:batch] for value in per_sample)
+        # Keyword tensors with the main batch's leading size are per-sample inputs too (labels as c=).
+        generator_kwargs = {
+            name: value[:batch] if isinstance(value, Tensor) and value.ndim > 0 and value.shape[0] == len(ws_full) else value
+            for name, value in generator_kwargs.items()
+        }
         if noise is not None:
             noise = noise[:batch]
 
@@ -479,6 +488,21 @@ class PathLengthPenalty(nn.Module):
             return f"pl_mean is {self.pl_mean.item()} (a loaded state was non-finite); reset it with plr.pl_mean.zero_()"
         return None
 
+    def _overflow_result(self, images: Tensor, lengths: Tensor, reason: str) -> PathLengthResult:
+        # The loss keeps its non-finite value, so its parameter gradients are non-finite too:
+        # GradScaler.step then skips the optimizer step and GradScaler.update lowers the scale, as
+        # for any overflowed float16 step. pl_mean is not updated.
+        penalty = (lengths - self.pl_mean).square().mean()
+        loss = penalty * (self.weight * self.interval) + 0.0 * images[:, :1, :1, :1].float().sum()
+        return PathLengthResult(
+            loss=loss,
+            penalty=penalty.detach(),
+            lengths=lengths.detach(),
+            pl_mean=self.pl_mean.detach().clone(),
+            skipped=True,
+            reason=reason,
+        )
+
     def _skipped_result(self, device: torch.device, reason: str, lengths: Tensor | None = None) -> PathLengthResult:
         zero = torch.zeros((), device=device, dtype=torch.float32)
         return PathLengthResult(
@@ -508,9 +532,7 @@ class PathLengthPenalty(nn.Module):
         absent = [name for name in ("pl_mean", "step") if prefix + name not in state_dict]
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs)
         for name in absent:
-            # Only a strict load lists missing keys.
-            if prefix + name in missing_keys:
-                missing_keys.remove(prefix + name)
+            missing_keys.remove(prefix + name)
             warnings.warn(
                 f"state dict has no '{prefix}{name}'; it keeps its current value "
                 f"{getattr(self, name).item()} (0 for a new module, so pl_mean restarts from 0)",
@@ -519,11 +541,12 @@ class PathLengthPenalty(nn.Module):
             )
 
     def _apply(self, fn, recurse=True):  # type: ignore[override]
-        # Module.double(), .half() and .to(dtype) cast every floating-point buffer; pl_mean stays
-        # float32 so a saved state keeps its dtype and a half-precision cast cannot round it.
+        # Module.double(), .half() and .to(dtype) cast every floating-point buffer. pl_mean keeps its
+        # float32 value and takes only the new device, so a half-precision cast cannot round it.
+        pl_mean = self.pl_mean
         super()._apply(fn, recurse)
         if self.pl_mean.dtype != torch.float32:
-            self.pl_mean = self.pl_mean.float()
+            self.pl_mean = pl_mean.to(self.pl_mean.device)
         return self
 
     def extra_repr(self) -> str:
