@@ -1,0 +1,151 @@
+"""The four loss phases of StyleGAN2 training: the generator's non-saturating logistic loss, its path
+length regularization, the discriminator's logistic loss and lazy R1 on real images."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from pathlength.models import Discriminator, Generator
+from pathlength.penalty import PathLengthPenalty
+from pathlength.training.latents import LatentSampler, map_with_style_mixing
+
+Stats = dict[str, Tensor]
+
+
+def generator_logistic_loss(fake_logits: Tensor) -> Tensor:
+    """Return the non-saturating generator loss mean(softplus(-D(G(z)))) = -mean(log sigmoid(D(G(z))))."""
+    return F.softplus(-fake_logits).mean()
+
+
+def discriminator_logistic_loss(real_logits: Tensor, fake_logits: Tensor) -> Tensor:
+    """Return the discriminator loss mean(softplus(D(G(z)))) + mean(softplus(-D(x))).
+
+    This is -log(1 - sigmoid(D(G(z)))) - log(sigmoid(D(x))), averaged over each batch.
+    """
+    return F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
+
+
+def r1_penalty(discriminator: Discriminator, real: Tensor, c: Tensor | None) -> Tensor:
+    """Return ||grad_x D(x)||^2 per real image, float32 [B], differentiable w.r.t. the discriminator.
+
+    The gradient is taken with ``create_graph=True`` so that the penalty can train the
+    discriminator. ``real`` is detached first, so the caller's tensor is left untouched.
+
+    Example:
+        >>> discriminator = Discriminator(img_resolution=8, channel_base=64, channel_max=16)
+        >>> r1_penalty(discriminator, torch.randn(4, 1, 8, 8), None).shape
+        torch.Size([4])
+    """
+    real = real.detach().requires_grad_(True)
+    logits = discriminator(real, c)
+    (grad,) = torch.autograd.grad(outputs=logits.sum(), inputs=real, create_graph=True)
+    return grad.float().square().sum(dim=[1, 2, 3])
+
+
+@dataclass
+class PhaseResult:
+    """The loss to backward for one phase and its detached statistics under their metric names."""
+
+    loss: Tensor
+    stats: Stats
+
+
+class StyleGAN2Loss:
+    """Loss phases of StyleGAN2 training with lazy path length regularization and lazy R1.
+
+    Each method builds one phase's loss; the training loop backwards it and steps the phase's
+    optimizer. The regularizer losses are already multiplied by their intervals, so their average
+    strength matches a regularizer that runs every step. Metric names:
+
+    * ``Loss/G/main``: non-saturating logistic loss of the generator.
+    * ``Loss/G/pl_penalty``: ``pl_weight * mean_b (length_b - pl_mean)^2`` (before the interval
+      scaling), plus ``pl_lengths`` (the detached lengths [B]).
+    * ``Loss/D/main``: logistic loss of the discriminator on real and generated images.
+    * ``Loss/D/r1``: ``r1_gamma / 2 * mean_b ||grad_x D(x_b)||^2`` (before the interval scaling).
+
+    Args:
+        generator, discriminator: the networks being trained.
+        sampler: source of latents, labels and style-mixing cutoffs.
+        path_length_penalty: the regularizer and its ``pl_mean`` state, or None to turn path
+            length regularization off (then ``generator_path_length`` returns None).
+        r1_gamma: R1 weight.
+        r1_interval: discriminator steps between R1 steps; the R1 loss is multiplied by it.
+        style_mixing_prob: probability of style mixing in each generator batch.
+    """
+
+    def __init__(
+        self,
+        generator: Generator,
+        discriminator: Discriminator,
+        sampler: LatentSampler,
+        path_length_penalty: PathLengthPenalty | None,
+        r1_gamma: float,
+        r1_interval: int,
+        style_mixing_prob: float,
+    ) -> None:
+        self.generator = generator
+        self.discriminator = discriminator
+        self.sampler = sampler
+        self.path_length_penalty = path_length_penalty
+        self.r1_gamma = r1_gamma
+        self.r1_interval = r1_interval
+        self.style_mixing_prob = style_mixing_prob
+
+    def _generate(self, batch_size: int, update_w_avg: bool = False) -> tuple[Tensor, Tensor | None]:
+        z, c = self.sampler.sample(batch_size)
+        ws = map_with_style_mixing(self.generator, self.sampler, z, c, self.style_mixing_prob, update_w_avg)
+        return self.generator.synthesis(ws), c
+
+    def generator_main(self, batch_size: int) -> PhaseResult:
+        """Generator main phase: make D call fresh generated images real.
+
+        The mapping network updates its tracked ``w_avg`` here, once per step, for truncation.
+        """
+        fake, c = self._generate(batch_size, update_w_avg=True)
+        fake_logits = self.discriminator(fake, c)
+        loss = generator_logistic_loss(fake_logits)
+        return PhaseResult(loss, {"Loss/G/main": loss.detach()})
+
+    def generator_path_length(self, batch_size: int) -> PhaseResult | None:
+        """Generator regularization phase: path length penalty on a shrunk batch, every pl_interval steps.
+
+        Call it once per generator step. ``PathLengthPenalty.run`` counts the calls in its ``step``
+        buffer, and on due steps it shrinks the batch and runs the synthesis network. On other
+        steps, and when path length regularization is off, this returns None.
+        """
+        if self.path_length_penalty is None:
+            return None
+
+        z, c = self.sampler.sample(batch_size)
+        ws = map_with_style_mixing(self.generator, self.sampler, z, c, self.style_mixing_prob)
+        result = self.path_length_penalty.run(self.generator.synthesis, ws)
+        if result is None:
+            return None
+
+        weighted_penalty = result.penalty * self.path_length_penalty.weight
+        stats = {
+            "Loss/G/pl_penalty": weighted_penalty,
+            "pl_lengths": result.lengths,
+        }
+        return PhaseResult(result.loss, stats)
+
+    def discriminator_main(self, real: Tensor, real_c: Tensor | None, batch_size: int) -> PhaseResult:
+        """Discriminator main phase: logistic loss on real images and on generated ones (no G gradient)."""
+        with torch.no_grad():
+            fake, fake_c = self._generate(batch_size)
+
+        fake_logits = self.discriminator(fake, fake_c)
+        real_logits = self.discriminator(real, real_c)
+        loss = discriminator_logistic_loss(real_logits, fake_logits)
+        return PhaseResult(loss, {"Loss/D/main": loss.detach()})
+
+    def discriminator_r1(self, real: Tensor, real_c: Tensor | None) -> PhaseResult:
+        """Discriminator regularization phase: lazy R1, ``r1_interval * r1_gamma / 2 * mean ||grad_x D(x)||^2``."""
+        penalty = r1_penalty(self.discriminator, real, real_c).mean()
+        weighted_penalty = penalty * (self.r1_gamma / 2)
+        loss = weighted_penalty * self.r1_interval
+        return PhaseResult(loss, {"Loss/D/r1": weighted_penalty.detach()})
