@@ -438,3 +438,22 @@ def test_metric_window_pools_lengths():
     assert summary["pl_lengths/mean"] == pytest.approx(4.0)
     assert summary["pl_lengths/std"] == pytest.approx(math.sqrt(5.0))
     assert summary["images_per_second"] == pytest.approx(4.0)
+
+
+def test_frechet_distance_logged_without_changing_run(tmp_path, tmp_path_factory):
+    from tiny_runs import diagnostics_environment
+
+    with diagnostics_environment(tmp_path_factory):
+        measured = train(tiny_config(tmp_path / "measured", frechet_interval=2, frechet_num=16), progress=False)
+        plain = train(tiny_config(tmp_path / "plain", frechet_interval=0), progress=False)
+
+    values = [record["Metrics/frechet_distance"] for record in read_metrics(tmp_path / "measured") if "Metrics/frechet_distance" in record]
+    assert len(values) == 2
+    assert all(math.isfinite(value) and value >= 0 for value in values)
+    assert not any("Metrics/frechet_distance" in record for record in read_metrics(tmp_path / "plain"))
+
+    # The evaluation forks the random number generators, so training draws the same numbers.
+    expected, _ = read_network_weights(plain.checkpoint, "G")
+    actual, _ = read_network_weights(measured.checkpoint, "G")
+    for key in expected:
+        assert torch.equal(expected[key], actual[key]), key

@@ -15,7 +15,16 @@ CONFIG_FORMAT = 1
 
 # Fields that may differ between a run's saved config and the config that resumes it. Every other
 # field changes the training itself, so a resumed run would no longer match an uninterrupted one.
-RESUMABLE_CHANGES = ("steps", "device", "sample_interval", "checkpoint_interval", "log_interval", "keep_checkpoints")
+RESUMABLE_CHANGES = (
+    "steps",
+    "device",
+    "sample_interval",
+    "checkpoint_interval",
+    "log_interval",
+    "keep_checkpoints",
+    "frechet_interval",
+    "frechet_num",
+)
 
 
 class ConfigError(ValueError):
@@ -60,6 +69,9 @@ class TrainConfig:
         sample_interval, checkpoint_interval, log_interval: steps between sample grids,
             checkpoints and metric records. The last step always gets all three.
         keep_checkpoints: how many recent checkpoints to keep; 0 keeps all.
+        frechet_interval: steps between evaluations of the Frechet distance in the bundled digits
+            classifier's feature space (``Metrics/frechet_distance``, from G_ema with
+            ``frechet_num`` generated images against the whole dataset); 0 turns it off.
 
     Raises:
         ConfigError: from the constructor, naming the first invalid field.
@@ -105,6 +117,8 @@ class TrainConfig:
     checkpoint_interval: int = 500
     log_interval: int = 50
     keep_checkpoints: int = 3
+    frechet_interval: int = 1000
+    frechet_num: int = 500
 
     format: int = field(default=CONFIG_FORMAT, repr=False)
 
@@ -174,6 +188,8 @@ class TrainConfig:
         for name in ("sample_interval", "checkpoint_interval", "log_interval"):
             _check_int(name, getattr(self, name), minimum=1)
         _check_int("keep_checkpoints", self.keep_checkpoints, minimum=0)
+        _check_int("frechet_interval", self.frechet_interval, minimum=0)
+        _check_int("frechet_num", self.frechet_num, minimum=2)
         if self.format != CONFIG_FORMAT:
             raise ConfigError(f"format must be {CONFIG_FORMAT} (this version of pathlength), got {self.format!r}")
 

@@ -354,11 +354,27 @@ def _run_steps(
             metrics = logged
         if step % config.sample_interval == 0 or is_last:
             _write_samples(trainer, folder, run_log, sample_z, sample_c, sample_columns)
+        if config.frechet_interval and step % config.frechet_interval == 0:
+            run_log.write_metrics(step, trainer.images_seen, {"Metrics/frechet_distance": _frechet_distance(trainer)})
         if step % config.checkpoint_interval == 0 or is_last:
             checkpoint = _save(trainer, folder)
         run_log.update_progress(1, logged)
 
     return metrics, checkpoint
+
+
+def _frechet_distance(trainer: Trainer) -> float:
+    """Return the classifier Frechet distance of G_ema against the training data."""
+    from pathlength.diagnostics import classifier_frechet_distance
+
+    # The evaluation draws its own seeded latents; forking keeps the training RNG streams, and so
+    # a resumed run, unchanged.
+    with record_function("frechet_distance"), torch.random.fork_rng(devices=[]):
+        result = classifier_frechet_distance(
+            trainer.G_ema, trainer.dataset, num=trainer.config.frechet_num, seed=trainer.config.seed
+        )
+    logger.info("Step %d: classifier Frechet distance %.4f", trainer.step, result.value)
+    return float(result.value)
 
 
 def _save(trainer: Trainer, folder: RunFolder) -> Path:
