@@ -388,7 +388,7 @@ class PathLengthPenalty(nn.Module):
         if self.sync is not None:
             batch_mean = self.sync(batch_mean)
 
-        # The average is updated before the penalty, and the penalty sees the updated value with its
+        # The average is updated before the penalty, and the penalty uses the updated value with its
         # gradient, so a step pulls the lengths towards the average they are moving.
         pl_mean = self.pl_mean + self.decay * (batch_mean - self.pl_mean)
         with torch.no_grad():
