@@ -112,7 +112,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="run folder; must be missing or empty unless --resume")
     parser.add_argument("--resolution", type=_integer(4), help="image height and width in pixels, a power of two (default: 16)")
     parser.add_argument("--steps", type=_integer(0), help="training steps, counted from the start of the run")
-    parser.add_argument("--batch-size", type=_integer(1), help="images per step (default: 32)")
+    parser.add_argument("--batch-size", type=_integer(1), help="images per step (default: 32); under torchrun the global batch, split evenly across processes")
     parser.add_argument("--pl-weight", type=_number(0), help="path length penalty weight; 0 turns it off (default: 2)")
     parser.add_argument("--pl-interval", type=_integer(1), help="generator steps between path length steps (default: 4)")
     parser.add_argument("--no-pl", action="store_true", help="train without path length regularization")
@@ -120,7 +120,26 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--conditional", action="store_true", default=None, help="train a class-conditional model")
     parser.add_argument("--resume", action="store_true", help="continue the run in --out from its newest complete checkpoint")
     parser.add_argument("--seed", type=_integer(0), help="seed of every random draw (default: 0)")
-    parser.add_argument("--device", help="'cpu', 'cuda' or 'cuda:N' (default: cuda when available, else cpu)")
+    parser.add_argument(
+        "--device",
+        help="'cpu', 'cuda' or 'cuda:N' (default: cuda when available, else cpu); under torchrun each process "
+        "uses cuda:LOCAL_RANK for 'cuda'",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=("fp32", "bf16", "fp16"),
+        help="fp32; bf16 autocast (CPU or CUDA); fp16 autocast with gradient scaling (CUDA only) (default: fp32)",
+    )
+    parser.add_argument(
+        "--no-pl-sync",
+        action="store_true",
+        help="under torchrun, keep a separate pl_mean in each process instead of averaging it over processes",
+    )
+    parser.add_argument(
+        "--rank-checksums",
+        metavar="DIR",
+        help="at the end, each process writes DIR/rank-R.json with SHA-256 digests of its weights and its pl_mean",
+    )
     parser.add_argument("--log-interval", type=_integer(1), help="steps between metric records (default: 50)")
     parser.add_argument("--sample-interval", type=_integer(1), help="steps between sample grids (default: 500)")
     parser.add_argument("--checkpoint-interval", type=_integer(1), help="steps between checkpoints (default: 500)")
@@ -139,6 +158,7 @@ _TRAIN_CONFIG_OPTIONS = (
     "conditional",
     "seed",
     "device",
+    "precision",
     "log_interval",
     "sample_interval",
     "checkpoint_interval",
@@ -159,6 +179,8 @@ def train_config_from_arguments(args: argparse.Namespace) -> TrainConfig:
         if overrides.get("pl_weight", 0) != 0:
             raise UsageError(f"--no-pl conflicts with --pl-weight {overrides['pl_weight']:g}; pass one of them")
         overrides["pl_weight"] = 0.0
+    if args.no_pl_sync:
+        overrides["pl_sync"] = False
     overrides["out"] = args.out
 
     if args.resume:
@@ -174,15 +196,18 @@ def train_config_from_arguments(args: argparse.Namespace) -> TrainConfig:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Run ``pathlength train``."""
+    """Run ``pathlength train``; under torchrun every process runs it and rank 0 prints the summary."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     from pathlength.training import train
+    from pathlength.training.parallel import launch_environment
 
     config = train_config_from_arguments(args)
     with logging_redirect_tqdm(loggers=[logging.getLogger("pathlength")]):
-        result = train(config, resume=args.resume, progress=not args.no_progress)
-    print(f"Trained {result.run_dir} to step {result.step}; checkpoint {result.checkpoint}")
+        result = train(config, resume=args.resume, progress=not args.no_progress, rank_checksums=args.rank_checksums)
+    environment = launch_environment()
+    if environment is None or environment[0] == 0:
+        print(f"Trained {result.run_dir} to step {result.step}; checkpoint {result.checkpoint}")
     return EXIT_SUCCESS
 
 

@@ -26,6 +26,9 @@ RESUMABLE_CHANGES = (
     "frechet_num",
 )
 
+# Training precisions: float32, bfloat16 autocast, float16 autocast with gradient scaling.
+PRECISIONS = ("fp32", "bf16", "fp16")
+
 
 class ConfigError(ValueError):
     """Raised for an invalid training configuration; the message names the field and its value."""
@@ -52,6 +55,9 @@ class TrainConfig:
         pl_interval: generator steps between path length regularization steps.
         pl_batch_shrink: the regularization batch is ``batch_size // pl_batch_shrink`` (at least 1).
         pl_decay: moving-average rate of ``pl_mean``.
+        pl_sync: under torchrun, average the batch mean of the path lengths over all processes
+            before it updates ``pl_mean``, so every process has the same average (the average over
+            the global regularization batch). False keeps a separate average in each process.
         r1_gamma: R1 weight; the penalty is ``r1_gamma / 2 * E ||grad_x D(x)||^2`` on real images.
         r1_interval: discriminator steps between R1 steps; 0 turns R1 off.
         lr: Adam learning rate of both networks, before the lazy-regularization correction.
@@ -63,6 +69,8 @@ class TrainConfig:
         seed: seed of every random draw of the run (latents, batches, noise, initial weights).
         device: "cpu", "cuda", "cuda:1", ...; None picks CUDA when it is available.
         conditional: train a class-conditional model on the dataset's labels.
+        precision: "fp32"; "bf16" (bfloat16 autocast of the loss phases, CPU or CUDA); or "fp16"
+            (float16 autocast with a GradScaler per network, CUDA only).
         z_dim, w_dim, channel_base, channel_max, mapping_layers: network sizes, passed to
             ``Generator`` and ``Discriminator``.
         num_samples: images in each sample grid (fixed latents).
@@ -93,6 +101,7 @@ class TrainConfig:
     pl_interval: int = 4
     pl_batch_shrink: int = 2
     pl_decay: float = 0.01
+    pl_sync: bool = True
     r1_gamma: float = 0.1
     r1_interval: int = 16
 
@@ -105,6 +114,7 @@ class TrainConfig:
     seed: int = 0
     device: str | None = None
     conditional: bool = False
+    precision: str = "fp32"
 
     z_dim: int = 128
     w_dim: int = 128
@@ -159,6 +169,8 @@ class TrainConfig:
         _check_float("pl_decay", self.pl_decay, minimum=0.0)
         if not 0 < self.pl_decay <= 1:
             raise ConfigError(f"pl_decay must be in (0, 1], got {self.pl_decay!r}")
+        if not isinstance(self.pl_sync, bool):
+            raise ConfigError(f"pl_sync must be true or false, got {self.pl_sync!r}")
         _check_float("r1_gamma", self.r1_gamma, minimum=0.0)
         _check_int("r1_interval", self.r1_interval, minimum=0)
 
@@ -181,6 +193,8 @@ class TrainConfig:
             raise ConfigError(f"device must be a device string such as 'cpu' or 'cuda', or None, got {self.device!r}")
         if not isinstance(self.conditional, bool):
             raise ConfigError(f"conditional must be true or false, got {self.conditional!r}")
+        if self.precision not in PRECISIONS:
+            raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
 
         for name in ("z_dim", "w_dim", "channel_base", "channel_max", "mapping_layers"):
             _check_int(name, getattr(self, name), minimum=1)

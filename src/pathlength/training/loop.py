@@ -3,7 +3,9 @@ phases step by step, and writes the run folder (checkpoints, metrics, samples, l
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import json
 import logging
 import os
 import time
@@ -17,6 +19,7 @@ from torch.autograd.profiler import record_function
 
 import pathlength
 from pathlength.data import ImageDataset, load_dataset
+from pathlength.distributed import all_reduce_mean
 from pathlength.models import Discriminator, Generator
 from pathlength.penalty import PathLengthPenalty, lazy_adam_settings
 from pathlength.training.checkpoint import (
@@ -31,6 +34,20 @@ from pathlength.training.config import RESUMABLE_CHANGES, ConfigError, TrainConf
 from pathlength.training.ema import ema_beta, update_ema
 from pathlength.training.latents import LatentSampler, one_hot
 from pathlength.training.losses import PhaseResult, StyleGAN2Loss
+from pathlength.training.parallel import (
+    ProcessContext,
+    average_metrics,
+    average_over_processes_,
+    derive_seed,
+    local_batch_size,
+    process_group,
+    quiet_unless_main,
+    run_everywhere,
+    run_on_main,
+    state_checksum,
+    wrap_networks,
+)
+from pathlength.training.precision import autocast, check_precision, make_grad_scaler
 from pathlength.training.rng import capture_rng_state, restore_rng_state, seed_everything
 from pathlength.training.run_folder import RunFolder, check_run_folder, create_run_folder
 from pathlength.training.run_logging import MetricWindow, RunLogger
@@ -106,19 +123,32 @@ class Trainer:
     ``data_generator`` (real batches) and the global torch generator (synthesis noise and the
     projection noise y of path length regularization). All three are saved with a checkpoint.
 
+    Under torchrun (``context.world_size`` > 1) each process trains on ``local_batch_size``
+    samples of the global ``config.batch_size``. The loss phases call ``G_train`` and ``D_train``,
+    the DistributedDataParallel wrappers, so gradients are averaged over processes. The penalty's
+    ``sync`` averages ``pl_mean``, and ``w_avg`` is averaged after each update. G, D, G_ema and the
+    optimizers therefore stay identical on every process. The three random sources are seeded from the
+    seed, the rank and the step before every step (`seed_random_streams`), so each process draws
+    different samples, and a resume needs no saved per-process state.
+
     NOTE: bit-identical resume is tested on the CPU only. On CUDA the random states are restored
     too, but some CUDA kernels (convolution backward) are not deterministic by default.
     """
 
-    def __init__(self, config: TrainConfig, dataset: ImageDataset, device: torch.device) -> None:
+    def __init__(
+        self, config: TrainConfig, dataset: ImageDataset, device: torch.device, context: ProcessContext | None = None
+    ) -> None:
         if config.conditional and not dataset.has_labels:
             raise ConfigError(
                 f"conditional training needs class labels, but dataset {dataset.name!r} has none; "
                 "add a dataset.json with labels or train without conditional"
             )
+        check_precision(config.precision, device)
         self.config = config
         self.dataset = dataset
         self.device = device
+        self.context = context if context is not None else ProcessContext(device=device)
+        self.local_batch_size = local_batch_size(config.batch_size, self.context.world_size)
         self.c_dim = dataset.num_classes if config.conditional else 0
 
         seed_everything(config.seed)
@@ -142,12 +172,16 @@ class Trainer:
         self.G_ema = copy.deepcopy(self.G).eval()
         for network in (self.G, self.D, self.G_ema):
             network.requires_grad_(False)
+        self.G_train, self.D_train = wrap_networks(self.G, self.D, self.context)
 
         self.path_length_penalty = PathLengthPenalty(
             weight=config.pl_weight,
             decay=config.pl_decay,
             interval=config.pl_interval,
             batch_shrink=config.pl_batch_shrink,
+            # Without a process group there is nothing to average, and a set sync would stop the
+            # compiled penalty of pathlength.compiled from compiling.
+            sync=all_reduce_mean if config.pl_sync and self.context.distributed else None,
         ).to(device)
 
         # Lazy regularization adds one optimizer step per interval, which these settings balance.
@@ -160,9 +194,11 @@ class Trainer:
             config.z_dim, device, seed=config.seed + 1, labels=dataset.labels, num_classes=self.c_dim
         )
         self.data_generator = torch.Generator().manual_seed(config.seed + 2)
+        self.scaler_G = make_grad_scaler(config.precision, device)
+        self.scaler_D = make_grad_scaler(config.precision, device)
         self.loss = StyleGAN2Loss(
-            self.G,
-            self.D,
+            self.G_train,
+            self.D_train,
             self.sampler,
             self.path_length_penalty if config.pl_enabled else None,
             r1_gamma=config.r1_gamma,
@@ -174,44 +210,91 @@ class Trainer:
         self.images_seen = 0
 
     def train_step(self, window: MetricWindow) -> None:
-        """Run one step: generator main, generator path length (when due), discriminator main, R1 (when due)."""
-        batch_size = self.config.batch_size
+        """Run one step: generator main, generator path length (when due), discriminator main, R1 (when due).
+
+        Each phase works on this process's ``local_batch_size`` samples; ``images_seen`` and the
+        EMA count the global batch.
+        """
+        if self.context.distributed:
+            self.seed_random_streams(self.step)
+
+        batch_size = self.local_batch_size
         real, labels = self.dataset.sample_batch(batch_size, generator=self.data_generator, device=self.device)
         real_c = one_hot(labels, self.c_dim).to(self.device) if self.c_dim > 0 else None
+        scaler_G, scaler_D = self.scaler_G, self.scaler_D
 
-        self._run_phase("G/main", self.G, self.optimizer_G, window, lambda: self.loss.generator_main(batch_size))
-        self._run_phase("G/pl", self.G, self.optimizer_G, window, lambda: self.loss.generator_path_length(batch_size))
+        self._run_phase("G/main", self.G, self.optimizer_G, scaler_G, window, lambda: self.loss.generator_main(batch_size))
+        if self.context.distributed:
+            # Each process moved w_avg towards its own batch mean. The mean of the results is the
+            # move towards the global batch mean, and it keeps w_avg (and G_ema) identical.
+            average_over_processes_(self.G.mapping.w_avg)
         self._run_phase(
-            "D/main", self.D, self.optimizer_D, window, lambda: self.loss.discriminator_main(real, real_c, batch_size)
+            "G/pl", self.G, self.optimizer_G, scaler_G, window, lambda: self.loss.generator_path_length(batch_size, scaler_G)
+        )
+        self._run_phase(
+            "D/main",
+            self.D,
+            self.optimizer_D,
+            scaler_D,
+            window,
+            lambda: self.loss.discriminator_main(real, real_c, batch_size),
         )
         if self.config.r1_enabled and self.step % self.config.r1_interval == 0:
-            self._run_phase("D/r1", self.D, self.optimizer_D, window, lambda: self.loss.discriminator_r1(real, real_c))
+            self._run_phase(
+                "D/r1", self.D, self.optimizer_D, scaler_D, window, lambda: self.loss.discriminator_r1(real, real_c, scaler_D)
+            )
+        for name, scaler in (("G", scaler_G), ("D", scaler_D)):
+            if scaler is not None:
+                window.add({f"loss_scale/{name}": torch.tensor(scaler.get_scale())})
 
         self.step += 1
-        self.images_seen += batch_size
+        self.images_seen += self.config.batch_size
         with record_function("G_ema"):
-            beta = ema_beta(batch_size, self.images_seen, self.config.ema_half_life_images, self.config.ema_rampup)
+            beta = ema_beta(
+                self.config.batch_size, self.images_seen, self.config.ema_half_life_images, self.config.ema_rampup
+            )
             update_ema(self.G_ema, self.G, beta)
 
-    @staticmethod
     def _run_phase(
+        self,
         name: str,
         network: nn.Module,
         optimizer: torch.optim.Optimizer,
+        scaler: torch.amp.GradScaler | None,
         window: MetricWindow,
         compute: Callable[[], PhaseResult | None],
     ) -> None:
         with record_function(name):
             network.requires_grad_(True)
             try:
-                result = compute()
+                # Only the forward passes (the inner gradients of the regularizers included) run
+                # under autocast; the backward follows the dtypes they recorded.
+                with autocast(self.config.precision, self.device):
+                    result = compute()
                 if result is not None:
                     optimizer.zero_grad(set_to_none=True)
-                    result.loss.backward()
-                    optimizer.step()
+                    if scaler is None:
+                        result.loss.backward()
+                        optimizer.step()
+                    else:
+                        # A step whose gradients overflowed is skipped, and the scale is lowered.
+                        scaler.scale(result.loss).backward()
+                        scaler.step(optimizer)
+                        scaler.update()
                     window.add(result.stats)
             finally:
                 network.requires_grad_(False)
+
+    def seed_random_streams(self, step: int) -> None:
+        """Seed this process's latent, real-batch and noise streams from the seed, its rank and ``step``.
+
+        Under torchrun this runs before every step, so every process draws its own samples, and a
+        resume with the same number of processes repeats the draws of an uninterrupted run.
+        """
+        seed, rank = self.config.seed, self.context.rank
+        self.sampler.generator.manual_seed(derive_seed(seed, "latents", rank, step))
+        self.data_generator.manual_seed(derive_seed(seed, "data", rank, step))
+        torch.manual_seed(derive_seed(seed, "noise", rank, step))
 
     def networks(self) -> dict[str, nn.Module]:
         """Return the networks a checkpoint stores, by file name."""
@@ -228,6 +311,9 @@ class Trainer:
             "sampler": self.sampler.state_dict(),
             "data_generator": self.data_generator.get_state(),
             "rng": capture_rng_state(),
+            "world_size": self.context.world_size,
+            "grad_scaler_G": self.scaler_G.state_dict() if self.scaler_G is not None else {},
+            "grad_scaler_D": self.scaler_D.state_dict() if self.scaler_D is not None else {},
         }
 
     def load_checkpoint(self, checkpoint: Path) -> None:
@@ -237,46 +323,103 @@ class Trainer:
             CheckpointError: when a network in the checkpoint has another architecture than this
                 run's config builds, or a file cannot be read.
         """
+        self.load_state(read_checkpoint_state(checkpoint))
+
+    def load_state(self, checkpoint_state: dict) -> None:
+        """Restore weights and training state from `read_checkpoint_state` output.
+
+        The checkpoint contains the global state: weights, optimizers, ``pl_mean`` and the step. The
+        random streams are restored only when both the checkpoint and this run have one process.
+        Otherwise they are derived from the seed, the rank and the step, so a resume with another
+        number of processes continues the same run with other samples than the original would
+        have drawn.
+
+        Raises:
+            CheckpointError: when a network in the checkpoint has another architecture than this
+                run's config builds.
+        """
+        source = checkpoint_state["checkpoint"]
         for name, network in self.networks().items():
-            state, metadata = read_network_weights(checkpoint, name)
+            state, metadata = checkpoint_state["networks"][name]
             if metadata["init_kwargs"] != network.init_kwargs:
                 raise CheckpointError(
-                    f"{name} in {str(checkpoint)!r} was built with {metadata['init_kwargs']}, but this run's config "
+                    f"{name} in {source!r} was built with {metadata['init_kwargs']}, but this run's config "
                     f"builds {network.init_kwargs}; resume with the config the run was started with"
                 )
             network.load_state_dict(state)
 
-        state = load_training_state(checkpoint)
+        state = checkpoint_state["training"]
         self.step = int(state["step"])
         self.images_seen = int(state["images_seen"])
         self.optimizer_G.load_state_dict(state["optimizer_G"])
         self.optimizer_D.load_state_dict(state["optimizer_D"])
         self.path_length_penalty.load_state_dict(state["path_length_penalty"])
-        self.sampler.load_state_dict(state["sampler"])
-        self.data_generator.set_state(state["data_generator"])
-        restore_rng_state(state["rng"])
+        for scaler, key in ((self.scaler_G, "grad_scaler_G"), (self.scaler_D, "grad_scaler_D")):
+            if scaler is not None and state.get(key):
+                scaler.load_state_dict(state[key])
+
+        saved_world_size = int(state.get("world_size", 1))
+        if self.context.distributed:
+            return
+        if saved_world_size == 1:
+            self.sampler.load_state_dict(state["sampler"])
+            self.data_generator.set_state(state["data_generator"])
+            restore_rng_state(state["rng"])
+        else:
+            self.seed_random_streams(self.step)
 
 
-def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -> TrainResult:
+def read_checkpoint_state(checkpoint: Path) -> dict:
+    """Read what `Trainer.load_state` needs from a checkpoint folder, onto the CPU.
+
+    Returns:
+        ``{"checkpoint": path string, "networks": {name: (state dict, metadata)}, "training": state}``.
+
+    Raises:
+        CheckpointError: when a file cannot be read.
+    """
+    return {
+        "checkpoint": str(checkpoint),
+        "networks": {name: read_network_weights(checkpoint, name) for name in ("G", "G_ema", "D")},
+        "training": load_training_state(checkpoint),
+    }
+
+
+def train(
+    config: TrainConfig,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    rank_checksums: str | os.PathLike | None = None,
+) -> TrainResult:
     """Train a StyleGAN2 generator with the settings in ``config`` and write the run folder ``config.out``.
 
     With ``resume``, training continues from the newest complete checkpoint in ``config.out``.
     Only the fields in ``RESUMABLE_CHANGES`` (and ``out``) may differ from the run's saved
     config.json. On the CPU the continued run then matches an uninterrupted one step for step.
 
+    Under torchrun (WORLD_SIZE > 1 in the environment) every process calls this function: it
+    joins the process group, trains its share of the global batch in DistributedDataParallel, and
+    rank 0 alone writes the run folder. A resume may use another number of processes than the
+    run that wrote the checkpoint (see `Trainer.load_state`).
+
     Args:
         config: the run's settings.
         resume: continue the run in ``config.out`` instead of starting a new one.
-        progress: show a progress bar on stderr.
+        progress: show a progress bar on stderr (rank 0 only).
+        rank_checksums: a folder where each process writes ``rank-R.json`` at the end, with
+            SHA-256 digests of its G, G_ema and D and its pl_mean, to check that processes agree.
 
     Returns:
-        The run folder, final step, images seen, newest checkpoint and the last metric record.
+        The run folder, final step, images seen, newest checkpoint and the last metric record
+        (averaged over processes).
 
     Raises:
         RunFolderError: when ``config.out`` is not empty without ``resume``, or has no complete
             checkpoint with it, or cannot be written.
-        ConfigError: for an invalid device, a conditional run without labels, or a resumed config
-            that changes a field other than those allowed.
+        ConfigError: for an invalid device or precision, a conditional run without labels, a
+            batch size that the processes cannot share evenly, or a resumed config that changes a
+            field other than those allowed.
         DatasetError: when ``config.data`` cannot be loaded.
         CheckpointError: when the checkpoint to resume from cannot be read.
 
@@ -285,28 +428,55 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
         >>> result.checkpoint.name
         'step-0000100'
     """
-    folder = check_run_folder(config.out, resume)
-    checkpoint = None
-    if resume:
-        _check_resumable(config, TrainConfig.load(folder.config))
-        checkpoint = find_latest_checkpoint(folder.checkpoints)
-
     device = resolve_device(config.device)
-    dataset = load_dataset(config.data, config.resolution, config.channels)
-    trainer = Trainer(config, dataset, device)
+    check_precision(config.precision, device)
+    with process_group(device) as context, quiet_unless_main(context):
+        return _train(config, context, resume, progress and context.is_main, rank_checksums)
+
+
+def _train(
+    config: TrainConfig,
+    context: ProcessContext,
+    resume: bool,
+    progress: bool,
+    rank_checksums: str | os.PathLike | None,
+) -> TrainResult:
+    # Every process raises this error itself, before the first collective that could wait for it.
+    local_batch_size(config.batch_size, context.world_size)
+
+    # Rank 0 alone reads and writes the run folder, so it need not be shared between nodes. The
+    # other processes get what it found, or raise what it raised.
+    def inspect_run_folder() -> tuple[RunFolder, Path | None]:
+        folder = check_run_folder(config.out, resume)
+        checkpoint = None
+        if resume:
+            _check_resumable(config, TrainConfig.load(folder.config))
+            checkpoint = find_latest_checkpoint(folder.checkpoints)
+        return folder, checkpoint
+
+    folder, checkpoint = run_on_main(context, inspect_run_folder)
+    dataset = run_everywhere(context, lambda: load_dataset(config.data, config.resolution, config.channels))
+    trainer = Trainer(config, dataset, context.device, context)
     if checkpoint is not None:
-        trainer.load_checkpoint(checkpoint)
+        trainer.load_state(run_on_main(context, lambda: read_checkpoint_state(checkpoint)))
         if trainer.step > config.steps:
             raise ConfigError(
                 f"steps {config.steps} is below the step of the checkpoint to resume ({trainer.step} in "
                 f"{str(checkpoint)!r}); pass --steps {trainer.step} or more"
             )
 
-    create_run_folder(folder)
-    _write_config(folder, config)
+    def prepare_run_folder() -> None:
+        create_run_folder(folder)
+        _write_config(folder, config)
 
-    with RunLogger(folder, start_step=trainer.step, total_steps=config.steps, progress=progress) as run_log:
-        _log_start(folder, config, dataset, device, trainer, checkpoint)
+    run_on_main(context, prepare_run_folder)
+
+    run_logger: contextlib.AbstractContextManager = contextlib.nullcontext()
+    if context.is_main:
+        run_logger = RunLogger(folder, start_step=trainer.step, total_steps=config.steps, progress=progress)
+    with run_logger as run_log:
+        if context.is_main:
+            _log_start(folder, config, dataset, context.device, trainer, checkpoint)
         started = time.perf_counter()
         try:
             metrics, checkpoint = _run_steps(trainer, folder, run_log, checkpoint)
@@ -314,28 +484,50 @@ def train(config: TrainConfig, *, resume: bool = False, progress: bool = True) -
             logger.warning(
                 "Interrupted during step %d; the newest complete checkpoint is %s; continue with --resume",
                 trainer.step + 1,
-                find_latest_checkpoint(folder.checkpoints),
+                find_latest_checkpoint(folder.checkpoints) if context.is_main else "on rank 0",
             )
             raise
-        _log_end(folder, trainer, checkpoint, time.perf_counter() - started)
+        if context.is_main:
+            _log_end(folder, trainer, checkpoint, time.perf_counter() - started)
 
+    if rank_checksums is not None:
+        _write_rank_checksums(Path(rank_checksums), trainer)
     return TrainResult(folder.root, trainer.step, trainer.images_seen, checkpoint, metrics)
 
 
+def _write_rank_checksums(folder: Path, trainer: Trainer) -> Path:
+    """Write this process's weight digests, pl_mean and step to ``folder/rank-R.json``."""
+    pl_mean = float(trainer.path_length_penalty.pl_mean.item())
+    record = {
+        "rank": trainer.context.rank,
+        "world_size": trainer.context.world_size,
+        "step": trainer.step,
+        "pl_mean": pl_mean,
+        "pl_mean_hex": pl_mean.hex(),
+        "checksums": {name: state_checksum(network.state_dict()) for name, network in trainer.networks().items()},
+    }
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"rank-{trainer.context.rank}.json"
+    path.write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    return path
+
+
 def _run_steps(
-    trainer: Trainer, folder: RunFolder, run_log: RunLogger, checkpoint: Path | None
+    trainer: Trainer, folder: RunFolder, run_log: RunLogger | None, checkpoint: Path | None
 ) -> tuple[dict[str, float], Path | None]:
+    """Train to ``config.steps``; ``run_log`` is None on every process but rank 0, which writes the outputs."""
     config = trainer.config
+    context = trainer.context
     sample_z, sample_c, sample_columns = fixed_latents(trainer.G, config.num_samples, config.seed)
     window = MetricWindow()
     metrics: dict[str, float] = {}
 
-    if trainer.step == 0:
+    if trainer.step == 0 and run_log is not None:
         _write_samples(trainer, folder, run_log, sample_z, sample_c, sample_columns)
     if trainer.step == config.steps:
         logger.info("The run is already at step %d of %d; nothing to train", trainer.step, config.steps)
         if checkpoint is None:
-            checkpoint = _save(trainer, folder)
+            checkpoint = run_on_main(context, lambda: _save(trainer, folder))
         return metrics, checkpoint
 
     while trainer.step < config.steps:
@@ -347,18 +539,22 @@ def _run_steps(
         is_last = step == config.steps
         logged = None
         if step % config.log_interval == 0 or is_last:
-            logged = window.summarize()
-            logged["pl_mean"] = trainer.path_length_penalty.pl_mean.item()
+            summary = window.summarize()
+            summary["pl_mean"] = trainer.path_length_penalty.pl_mean.item()
+            logged = average_metrics(context, summary)
             window.reset()
-            run_log.write_metrics(step, trainer.images_seen, logged)
+            if run_log is not None:
+                run_log.write_metrics(step, trainer.images_seen, logged)
             metrics = logged
-        if step % config.sample_interval == 0 or is_last:
+        if run_log is not None and (step % config.sample_interval == 0 or is_last):
             _write_samples(trainer, folder, run_log, sample_z, sample_c, sample_columns)
-        if config.frechet_interval and step % config.frechet_interval == 0:
+        if run_log is not None and config.frechet_interval and step % config.frechet_interval == 0:
             run_log.write_metrics(step, trainer.images_seen, {"Metrics/frechet_distance": _frechet_distance(trainer)})
         if step % config.checkpoint_interval == 0 or is_last:
-            checkpoint = _save(trainer, folder)
-        run_log.update_progress(1, logged)
+            # The other processes wait here until rank 0 has written the checkpoint, or raise its error.
+            checkpoint = run_on_main(context, lambda: _save(trainer, folder))
+        if run_log is not None:
+            run_log.update_progress(1, logged)
 
     return metrics, checkpoint
 
@@ -380,6 +576,7 @@ def _frechet_distance(trainer: Trainer) -> float:
 def _save(trainer: Trainer, folder: RunFolder) -> Path:
     info = {
         "images_seen": trainer.images_seen,
+        "world_size": trainer.context.world_size,
         "pathlength_version": pathlength.__version__,
         "config": trainer.config.to_dict(),
     }
@@ -439,6 +636,16 @@ def _log_start(
     if checkpoint is not None:
         info = read_checkpoint_info(checkpoint)
         logger.info("Resuming %s from %s (step %d, %d images)", folder.root, checkpoint, info["step"], info["images_seen"])
+        saved_world_size = info.get("world_size", 1)
+        if saved_world_size != trainer.context.world_size:
+            logger.info(
+                "The checkpoint was written by %d process(es) and this run has %d: weights, optimizers, pl_mean "
+                "and the step continue, and the random streams are derived from the seed, rank and step, so "
+                "the samples differ from those of a resume with %d",
+                saved_world_size,
+                trainer.context.world_size,
+                saved_world_size,
+            )
     else:
         logger.info("Starting run %s", folder.root)
     logger.info(
@@ -455,11 +662,25 @@ def _log_start(
         config.batch_size,
     )
     logger.info("Config: %s", config.to_dict())
+    context = trainer.context
+    if context.distributed:
+        logger.info(
+            "Data-parallel training on %d processes (%s backend): global batch %d, %d per process; "
+            "pl_mean %s; per-process thread count %d",
+            context.world_size,
+            context.backend,
+            config.batch_size,
+            trainer.local_batch_size,
+            "averaged over processes" if config.pl_sync else "kept per process (pl_sync off)",
+            torch.get_num_threads(),
+        )
+    logger.info("Precision: %s", config.precision)
     logger.info(
         "Path length regularization: %s",
         (
             f"weight {config.pl_weight}, every {config.pl_interval} generator steps on batches of "
-            f"{trainer.path_length_penalty.batch_size(config.batch_size)}"
+            f"{trainer.path_length_penalty.batch_size(trainer.local_batch_size)}"
+            + (" per process" if context.distributed else "")
             if config.pl_enabled
             else "off"
         ),

@@ -29,11 +29,20 @@ def discriminator_logistic_loss(real_logits: Tensor, fake_logits: Tensor) -> Ten
     return F.softplus(fake_logits).mean() + F.softplus(-real_logits).mean()
 
 
-def r1_penalty(discriminator: Discriminator, real: Tensor, c: Tensor | None) -> Tensor:
+def r1_penalty(
+    discriminator: Discriminator, real: Tensor, c: Tensor | None, grad_scale: float | Tensor | None = None
+) -> Tensor:
     """Return ||grad_x D(x)||^2 per real image, float32 [B], differentiable w.r.t. the discriminator.
 
     The gradient is taken with ``create_graph=True`` so that the penalty can train the
-    discriminator. ``real`` is detached first, so the caller's tensor is left untouched.
+    discriminator. ``real`` is detached first, so the caller's tensor is left untouched. With
+    ``grad_scale`` (a GradScaler's scale under float16) the inner gradient is taken of the scaled
+    logits and divided by the scale, so it does not underflow in float16.
+
+    A zero-valued term ``0 * D(x)`` is added to each sample's penalty. It changes no value and no
+    gradient, but it gives every discriminator parameter a gradient, including the output bias
+    that grad_x D(x) does not depend on. DistributedDataParallel waits for a gradient of every
+    parameter, and without this term its next forward fails.
 
     Example:
         >>> discriminator = Discriminator(img_resolution=8, channel_base=64, channel_max=16)
@@ -41,9 +50,18 @@ def r1_penalty(discriminator: Discriminator, real: Tensor, c: Tensor | None) -> 
         torch.Size([4])
     """
     real = real.detach().requires_grad_(True)
-    logits = discriminator(real, c)
-    (grad,) = torch.autograd.grad(outputs=logits.sum(), inputs=real, create_graph=True)
-    return grad.float().square().sum(dim=[1, 2, 3])
+    logits = discriminator(real, c).float()
+
+    outputs = logits.sum()
+    if grad_scale is not None:
+        outputs = outputs * grad_scale
+    (grad,) = torch.autograd.grad(outputs=outputs, inputs=real, create_graph=True)
+    grad = grad.float()
+    if grad_scale is not None:
+        grad = grad / grad_scale
+
+    squares = grad.square().sum(dim=[1, 2, 3])
+    return squares + 0.0 * logits.reshape(len(squares), -1).sum(dim=1)
 
 
 @dataclass
@@ -64,11 +82,15 @@ class StyleGAN2Loss:
     * ``Loss/G/main``: non-saturating logistic loss of the generator.
     * ``Loss/G/pl_penalty``: ``pl_weight * mean_b (length_b - pl_mean)^2`` (before the interval
       scaling), plus ``pl_lengths`` (the detached lengths [B]).
+    * ``pl_skipped``: 1 for a path length step that was skipped (a float16 overflow, with pl_mean
+      left unchanged), else 0; averaged over a metric window it is the fraction skipped.
     * ``Loss/D/main``: logistic loss of the discriminator on real and generated images.
     * ``Loss/D/r1``: ``r1_gamma / 2 * mean_b ||grad_x D(x_b)||^2`` (before the interval scaling).
 
     Args:
-        generator, discriminator: the networks being trained.
+        generator, discriminator: the networks being trained. Under DistributedDataParallel these
+            are the wrappers (the generator as an object with ``mapping``, ``synthesis`` and
+            ``num_ws``), so every phase's backward all-reduces the gradients.
         sampler: source of latents, labels and style-mixing cutoffs.
         path_length_penalty: the regularizer and its ``pl_mean`` state, or None to turn path
             length regularization off (then ``generator_path_length`` returns None).
@@ -110,27 +132,31 @@ class StyleGAN2Loss:
         loss = generator_logistic_loss(fake_logits)
         return PhaseResult(loss, {"Loss/G/main": loss.detach()})
 
-    def generator_path_length(self, batch_size: int) -> PhaseResult | None:
+    def generator_path_length(
+        self, batch_size: int, scaler: torch.amp.GradScaler | None = None
+    ) -> PhaseResult | None:
         """Generator regularization phase: path length penalty on a shrunk batch, every pl_interval steps.
 
         Call it once per generator step. ``PathLengthPenalty.run`` counts the calls in its ``step``
         buffer, and on due steps it shrinks the batch and runs the synthesis network. On other
-        steps, and when path length regularization is off, this returns None.
+        steps, and when path length regularization is off, this returns None. Under float16 pass
+        the generator's ``scaler``: the penalty scales its inner gradient by it, and a step that
+        overflows is skipped and reported as ``pl_skipped``.
         """
         if self.path_length_penalty is None:
             return None
 
         z, c = self.sampler.sample(batch_size)
         ws = map_with_style_mixing(self.generator, self.sampler, z, c, self.style_mixing_prob)
-        result = self.path_length_penalty.run(self.generator.synthesis, ws)
+        scaler_option = {} if scaler is None else {"scaler": scaler}
+        result = self.path_length_penalty.run(self.generator.synthesis, ws, **scaler_option)
         if result is None:
             return None
 
-        weighted_penalty = result.penalty * self.path_length_penalty.weight
-        stats = {
-            "Loss/G/pl_penalty": weighted_penalty,
-            "pl_lengths": result.lengths,
-        }
+        stats = {"pl_skipped": torch.tensor(float(result.skipped))}
+        if not result.skipped:
+            stats["Loss/G/pl_penalty"] = result.penalty * self.path_length_penalty.weight
+            stats["pl_lengths"] = result.lengths
         return PhaseResult(result.loss, stats)
 
     def discriminator_main(self, real: Tensor, real_c: Tensor | None, batch_size: int) -> PhaseResult:
@@ -143,9 +169,15 @@ class StyleGAN2Loss:
         loss = discriminator_logistic_loss(real_logits, fake_logits)
         return PhaseResult(loss, {"Loss/D/main": loss.detach()})
 
-    def discriminator_r1(self, real: Tensor, real_c: Tensor | None) -> PhaseResult:
-        """Discriminator regularization phase: lazy R1, ``r1_interval * r1_gamma / 2 * mean ||grad_x D(x)||^2``."""
-        penalty = r1_penalty(self.discriminator, real, real_c).mean()
+    def discriminator_r1(
+        self, real: Tensor, real_c: Tensor | None, scaler: torch.amp.GradScaler | None = None
+    ) -> PhaseResult:
+        """Discriminator regularization phase: lazy R1, ``r1_interval * r1_gamma / 2 * mean ||grad_x D(x)||^2``.
+
+        Under float16 pass the discriminator's ``scaler``, whose scale protects the inner gradient.
+        """
+        grad_scale = scaler.get_scale() if scaler is not None and scaler.is_enabled() else None
+        penalty = r1_penalty(self.discriminator, real, real_c, grad_scale).mean()
         weighted_penalty = penalty * (self.r1_gamma / 2)
         loss = weighted_penalty * self.r1_interval
         return PhaseResult(loss, {"Loss/D/r1": weighted_penalty.detach()})
