@@ -23,30 +23,7 @@ from pathlength.training.checkpoint import (
     save_checkpoint,
 )
 from pathlength.training.rng import capture_rng_state, restore_rng_state
-
-
-def tiny_config(out, **overrides) -> TrainConfig:
-    """Return a config that trains an 8x8 model with 8 channels in well under a second per step."""
-    values = dict(
-        data="digits",
-        out=str(out),
-        resolution=8,
-        steps=4,
-        batch_size=4,
-        z_dim=8,
-        w_dim=8,
-        channel_base=32,
-        channel_max=8,
-        pl_interval=2,
-        r1_interval=2,
-        num_samples=4,
-        log_interval=2,
-        sample_interval=2,
-        checkpoint_interval=2,
-        device="cpu",
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
+from tiny_runs import tiny_config
 
 
 def tiny_networks(seed: int = 0) -> dict:

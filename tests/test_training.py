@@ -22,33 +22,10 @@ from pathlength.training.loop import Trainer
 from pathlength.training.losses import discriminator_logistic_loss, generator_logistic_loss, r1_penalty
 from pathlength.training.run_logging import MetricWindow
 from pathlength.models import Generator
+from tiny_runs import tiny_config
 
 PLR_METRICS = ("Loss/G/pl_penalty", "pl_lengths/mean", "pl_lengths/std")
 MAIN_METRICS = ("Loss/G/main", "Loss/D/main", "Loss/D/r1", "pl_mean", "images_per_second")
-
-
-def tiny_config(out, **overrides) -> TrainConfig:
-    """Return a config that trains an 8x8 model with 8 channels in well under a second per step."""
-    values = dict(
-        data="digits",
-        out=str(out),
-        resolution=8,
-        steps=4,
-        batch_size=4,
-        z_dim=8,
-        w_dim=8,
-        channel_base=32,
-        channel_max=8,
-        pl_interval=2,
-        r1_interval=2,
-        num_samples=4,
-        log_interval=2,
-        sample_interval=2,
-        checkpoint_interval=2,
-        device="cpu",
-    )
-    values.update(overrides)
-    return TrainConfig(**values)
 
 
 def read_metrics(run_dir) -> list[dict]:
