@@ -52,7 +52,7 @@ def train(model: nn.Module, plr: PathLengthPenalty, ws: torch.Tensor, noise: tor
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     history = []
     for iteration in range(ITERATIONS):
-        # An ordinary generator step, so DDP sees forward/backward pairs of both kinds.
+        # An ordinary generator step, so DDP runs forward/backward pairs of both kinds.
         optimizer.zero_grad()
         model(ws[iteration]).square().mean().backward()
         optimizer.step()

@@ -1,7 +1,7 @@
 """Data-parallel helpers for path length regularization: process ranks and a differentiable average.
 
 `PathLengthPenalty(sync=all_reduce_mean)` averages the batch mean of the lengths over all processes
-before it updates ``pl_mean``, so every rank holds the same average. The average is differentiable:
+before it updates ``pl_mean``, so every rank has the same average. The average is differentiable:
 its backward all-reduces the incoming gradient, so each rank's parameter gradient gets the part that
 flows through the other ranks' lengths, and DistributedDataParallel's gradient average then equals
 the one-process gradient on the concatenated batch.
@@ -50,9 +50,8 @@ class _AllReduceMean(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: Tensor) -> Tensor:  # type: ignore[override]
-        # Runs inside the caller's backward on every rank in the same order, because every rank
-        # builds the same graph: the collective cannot deadlock against DDP's bucketed all-reduce,
-        # which runs on its own asynchronous work queue.
+        # Every rank builds the same graph, so this collective runs in the same order on every rank.
+        # NOTE: checked with gloo on 2 CPU processes beside DDP's bucketed all-reduce, not with nccl.
         total = grad.detach().clone()
         dist.all_reduce(total, op=dist.ReduceOp.SUM)
         return total / dist.get_world_size()

@@ -92,7 +92,7 @@ def path_lengths(
         ws: the latents that produced ``images``, [B, D] or [B, L, D].
         noise: optional y, already scaled, with the shape of ``images``; drawn when None.
         create_graph: keep the graph of the gradient so the lengths can be differentiated with
-            respect to the generator's parameters (needed for the penalty; off for measuring).
+            respect to the generator's parameters. The penalty needs it, and measuring does not.
         grad_scale: optional loss scale (a GradScaler's current scale) applied to the inner
             gradient and removed afterwards, so fp16 gradients neither underflow nor overflow.
 
