@@ -131,6 +131,13 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="fp32; bf16 autocast (CPU or CUDA); fp16 autocast with gradient scaling (CUDA only) (default: fp32)",
     )
     parser.add_argument(
+        "--compile",
+        action="store_true",
+        default=None,
+        help="run the path length steps as one graph compiled by torch.compile (fp32 only; the first "
+        "regularized step waits 1 to 2 minutes for the compilation)",
+    )
+    parser.add_argument(
         "--no-pl-sync",
         action="store_true",
         help="under torchrun, keep a separate pl_mean in each process instead of averaging it over processes",
@@ -159,6 +166,7 @@ _TRAIN_CONFIG_OPTIONS = (
     "seed",
     "device",
     "precision",
+    "compile",
     "log_interval",
     "sample_interval",
     "checkpoint_interval",

@@ -24,6 +24,8 @@ RESUMABLE_CHANGES = (
     "keep_checkpoints",
     "frechet_interval",
     "frechet_num",
+    "compile",
+    "compile_backend",
 )
 
 # Training precisions: float32, bfloat16 autocast, float16 autocast with gradient scaling.
@@ -71,6 +73,13 @@ class TrainConfig:
         conditional: train a class-conditional model on the dataset's labels.
         precision: "fp32"; "bf16" (bfloat16 autocast of the loss phases, CPU or CUDA); or "fp16"
             (float16 autocast with a GradScaler per network, CUDA only).
+        compile: run the path length steps with ``pathlength.compiled.CompiledPathLengthPenalty``
+            (the penalty as one `torch.func` graph compiled by `torch.compile`). It needs
+            ``precision="fp32"``; under torchrun the steps run eagerly, with a warning. Off by
+            default: the first regularized step waits for the compilation.
+        compile_backend: the ``torch.compile`` backend of ``compile``: "inductor" (fast code,
+            1 to 2 minutes to compile on a 2-core CPU) or "aot_eager" (compiles in seconds and
+            runs no faster; for tests).
         z_dim, w_dim, channel_base, channel_max, mapping_layers: network sizes, passed to
             ``Generator`` and ``Discriminator``.
         num_samples: images in each sample grid (fixed latents).
@@ -115,6 +124,8 @@ class TrainConfig:
     device: str | None = None
     conditional: bool = False
     precision: str = "fp32"
+    compile: bool = False
+    compile_backend: str = "inductor"
 
     z_dim: int = 128
     w_dim: int = 128
@@ -195,6 +206,15 @@ class TrainConfig:
             raise ConfigError(f"conditional must be true or false, got {self.conditional!r}")
         if self.precision not in PRECISIONS:
             raise ConfigError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+        if not isinstance(self.compile, bool):
+            raise ConfigError(f"compile must be true or false, got {self.compile!r}")
+        if not isinstance(self.compile_backend, str) or not self.compile_backend:
+            raise ConfigError(f"compile_backend must be a torch.compile backend name such as 'inductor', got {self.compile_backend!r}")
+        if self.compile and self.precision != "fp32":
+            raise ConfigError(
+                f"compile needs precision 'fp32', got precision {self.precision!r}: the compiled path length "
+                "step has no autocast or gradient scaling. Drop --compile or train with --precision fp32."
+            )
 
         for name in ("z_dim", "w_dim", "channel_base", "channel_max", "mapping_layers"):
             _check_int(name, getattr(self, name), minimum=1)

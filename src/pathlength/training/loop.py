@@ -18,6 +18,7 @@ from torch import nn
 from torch.autograd.profiler import record_function
 
 import pathlength
+from pathlength.compiled import CompiledPathLengthPenalty
 from pathlength.data import ImageDataset, load_dataset
 from pathlength.distributed import all_reduce_mean
 from pathlength.models import Discriminator, Generator
@@ -183,6 +184,7 @@ class Trainer:
             # compiled penalty of pathlength.compiled from compiling.
             sync=all_reduce_mean if config.pl_sync and self.context.distributed else None,
         ).to(device)
+        self.compiled_penalty = self._compiled_penalty()
 
         # Lazy regularization adds one optimizer step per interval, which these settings balance.
         g_lr, g_betas = lazy_adam_settings(config.lr, config.betas, config.pl_interval if config.pl_enabled else None)
@@ -204,10 +206,25 @@ class Trainer:
             r1_gamma=config.r1_gamma,
             r1_interval=config.r1_interval,
             style_mixing_prob=config.style_mixing_prob,
+            compiled_penalty=self.compiled_penalty,
         )
 
         self.step = 0
         self.images_seen = 0
+
+    def _compiled_penalty(self) -> CompiledPathLengthPenalty | None:
+        """Return the compiled path length step when ``config.compile`` is set (and PLR is on), else None."""
+        config = self.config
+        if not config.compile or not config.pl_enabled:
+            return None
+        if self.context.distributed:
+            # The compiled step adds its gradients outside the DistributedDataParallel wrapper's
+            # forward, so the wrapper would not all-reduce them.
+            logger.warning("compile is ignored under torchrun: path length regularization runs eagerly, through the DDP wrappers")
+            return None
+        return CompiledPathLengthPenalty(
+            self.path_length_penalty, self.G.synthesis, backend=config.compile_backend, accumulate=False
+        )
 
     def train_step(self, window: MetricWindow) -> None:
         """Run one step: generator main, generator path length (when due), discriminator main, R1 (when due).
@@ -685,6 +702,11 @@ def _log_start(
             else "off"
         ),
     )
+    if trainer.compiled_penalty is not None:
+        logger.info(
+            "Path length steps are compiled with torch.compile (backend %r); the first one waits for the compilation",
+            config.compile_backend,
+        )
     logger.info(
         "Outputs: config %s, log %s, metrics %s, TensorBoard %s, samples %s, checkpoints %s",
         folder.config,

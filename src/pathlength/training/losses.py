@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from pathlength.compiled import CompiledPathLengthPenalty
 from pathlength.models import Discriminator, Generator
 from pathlength.penalty import PathLengthPenalty
 from pathlength.training.latents import LatentSampler, map_with_style_mixing
@@ -97,6 +98,9 @@ class StyleGAN2Loss:
         r1_gamma: R1 weight.
         r1_interval: discriminator steps between R1 steps; the R1 loss is multiplied by it.
         style_mixing_prob: probability of style mixing in each generator batch.
+        compiled_penalty: a `CompiledPathLengthPenalty` of ``path_length_penalty`` built with
+            ``accumulate=False``; when given, the path length phase runs it instead of the eager
+            module (except under a float16 GradScaler, which it does not support).
     """
 
     def __init__(
@@ -108,7 +112,12 @@ class StyleGAN2Loss:
         r1_gamma: float,
         r1_interval: int,
         style_mixing_prob: float,
+        compiled_penalty: CompiledPathLengthPenalty | None = None,
     ) -> None:
+        if compiled_penalty is not None and compiled_penalty.accumulate:
+            raise ValueError(
+                "compiled_penalty must be built with accumulate=False, so that the training loop's backward adds its gradients"
+            )
         self.generator = generator
         self.discriminator = discriminator
         self.sampler = sampler
@@ -116,6 +125,7 @@ class StyleGAN2Loss:
         self.r1_gamma = r1_gamma
         self.r1_interval = r1_interval
         self.style_mixing_prob = style_mixing_prob
+        self.compiled_penalty = compiled_penalty
 
     def _generate(self, batch_size: int, update_w_avg: bool = False) -> tuple[Tensor, Tensor | None]:
         z, c = self.sampler.sample(batch_size)
@@ -148,8 +158,11 @@ class StyleGAN2Loss:
 
         z, c = self.sampler.sample(batch_size)
         ws = map_with_style_mixing(self.generator, self.sampler, z, c, self.style_mixing_prob)
-        scaler_option = {} if scaler is None else {"scaler": scaler}
-        result = self.path_length_penalty.run(self.generator.synthesis, ws, **scaler_option)
+        if self.compiled_penalty is not None and scaler is None:
+            result = self.compiled_penalty.run(ws)
+        else:
+            scaler_option = {} if scaler is None else {"scaler": scaler}
+            result = self.path_length_penalty.run(self.generator.synthesis, ws, **scaler_option)
         if result is None:
             return None
 
