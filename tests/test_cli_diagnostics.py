@@ -88,6 +88,8 @@ def test_measure_table_is_readable(runs):
 
     assert code == 0, err
     assert "CV (std / mean)" in out
+    assert "CV across w" in out
+    assert "CV across y" in out
     assert "8 latents x 2 noise draws = 16 lengths" in out
     assert "Frechet distance (digits classifier features)" in out
     assert len([line for line in out.splitlines() if line.strip().startswith("[")]) == 4
@@ -215,7 +217,15 @@ def test_compare_two_runs_writes_report(runs, tmp_path):
     result = parse_json_stdout(out)
     assert result["labels"] == ["PLR weight 2", "no PLR"]
     assert result["num_runs"] == [1, 1]
-    assert [metric["metric"] for metric in result["metrics"]] == ["cv", "ppl", "frechet_distance", "projection_psnr_median"]
+    assert [metric["metric"] for metric in result["metrics"]] == [
+        "cv",
+        "cv_between",
+        "cv_within",
+        "jacobian_condition_median",
+        "ppl",
+        "frechet_distance",
+        "projection_psnr_median",
+    ]
     for name in ("report.md", "report.json", "length_histograms.png", "training_curves.png", "ppl_distributions.png", "projection_psnr.png"):
         assert (report / name).is_file(), name
     assert json.loads((report / "report.json").read_text())["num_runs"] == [1, 1]

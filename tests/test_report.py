@@ -3,9 +3,12 @@ files, and a full comparison of two tiny runs per side written as Markdown, JSON
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import logging
 import math
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -24,15 +27,20 @@ from pathlength.report import (
     summarize_side,
     write_report,
 )
+from pathlength.report import collect
+from pathlength.report.collect import measure_w_jacobian
 from pathlength.report.files import json_ready, to_json, write_atomically
 from pathlength.training import save_checkpoint
-from tiny_runs import diagnostics_environment, train_tiny_run
+from diagnostics_toys import ConstantGenerator, IsometricGenerator, LinearWGenerator
+from tiny_runs import diagnostics_environment, run_cli, train_tiny_run
 
-CV = METRICS[0]
-PSNR = METRICS[3]
+METRIC_BY_KEY = {metric.key: metric for metric in METRICS}
+CV = METRIC_BY_KEY["cv"]
+PSNR = METRIC_BY_KEY["projection_psnr_median"]
+NEW_METRIC_KEYS = ("cv_between", "cv_within", "jacobian_condition_median")
 PLOT_FILES = ("length_histograms.png", "training_curves.png", "ppl_distributions.png", "projection_psnr.png")
 # Small enough that measuring one tiny run takes well under a second.
-FAST_SETTINGS = MeasureSettings(num=8, noise_draws=2, projection_targets=3, projection_steps=2, seed=1)
+FAST_SETTINGS = MeasureSettings(num=8, noise_draws=2, projection_targets=3, projection_steps=2, seed=1, jacobian_latents=4)
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -197,10 +205,110 @@ def test_measure_run_is_repeatable(runs):
     assert [record["step"] for record in first.curves] == [1, 2, 3, 4]
 
 
+def test_measure_run_records_jacobian(runs):
+    measurement = measure_run(runs["plr"][0], FAST_SETTINGS, classifier=_classifier())
+    saved = json.loads(json.dumps(measurement.to_dict(), allow_nan=False))
+    jacobian = saved["jacobian"]
+
+    assert measurement.jacobian is not None
+    assert jacobian["num_latents"] == 4
+    assert jacobian["latent_shape"] == [8], "one w of the tiny run's w_dim"
+    assert len(jacobian["condition_number"]) == 4
+    assert all(value >= 1 for value in jacobian["condition_number"])
+    assert jacobian["condition_number_median"] == pytest.approx(float(np.median(jacobian["condition_number"])), rel=1e-12)
+    assert len(jacobian["singular_values_median"]) == 8
+    assert jacobian["singular_values_median"] == sorted(jacobian["singular_values_median"], reverse=True)
+    assert saved["metrics"]["jacobian_condition_median"] == pytest.approx(jacobian["condition_number_median"], rel=1e-12)
+
+
+def test_measure_run_skips_too_large_jacobian(runs, monkeypatch, caplog):
+    monkeypatch.setattr(collect, "JACOBIAN_MAX_ELEMENTS", 10)
+
+    with caplog.at_level(logging.WARNING, logger="pathlength.report.collect"):
+        measurement = measure_run(runs["plr"][0], FAST_SETTINGS, classifier=_classifier())
+
+    # The tiny run's J_w has 1*8*8 outputs times 8 inputs.
+    assert measurement.jacobian is None
+    assert measurement.metric_values()["jacobian_condition_median"] is None
+    assert measurement.to_dict()["jacobian"] is None
+    assert "would have 512 elements" in caplog.text
+    assert "condition number is not measured" in caplog.text
+
+
+def test_rank_deficient_jacobian_json_none(runs):
+    measurement = measure_run(runs["plr"][0], dataclasses.replace(FAST_SETTINGS, jacobian_latents=0), classifier=_classifier())
+    measurement.jacobian = measure_w_jacobian(ConstantGenerator(), num_latents=2)
+
+    saved = measurement.to_dict()
+
+    assert math.isinf(measurement.metric_values()["jacobian_condition_median"])
+    assert saved["jacobian"]["condition_number"] == [None, None]
+    assert saved["jacobian"]["condition_number_median"] is None
+    assert saved["metrics"]["jacobian_condition_median"] is None
+
+
 def _classifier():
     from pathlength.diagnostics import load_digits_classifier
 
     return load_digits_classifier()
+
+
+# ---------------------------------------------------------------------------------------------
+# Jacobian J_w
+
+
+def test_w_jacobian_sums_layer_jacobians():
+    singular = torch.tensor([4.0, 3.0, 2.0, 1.5, 1.2, 1.0], dtype=torch.float64)
+    rng = torch.Generator().manual_seed(0)
+    left, _ = torch.linalg.qr(torch.randn(32, 6, generator=rng, dtype=torch.float64))
+    right, _ = torch.linalg.qr(torch.randn(6, 6, generator=rng, dtype=torch.float64))
+    block = left @ torch.diag(singular) @ right.T
+    generator = LinearWGenerator(num_ws=3, matrix=torch.cat([block, block, block], dim=1))
+
+    spectrum = measure_w_jacobian(generator, num_latents=3, seed=2)
+
+    # One w on all 3 layers makes J_w the sum of the 3 equal blocks: singular values 3 * s.
+    assert spectrum.latent_shape == (6,)
+    for index in range(3):
+        torch.testing.assert_close(spectrum.singular_values[index], 3 * singular, rtol=1e-10, atol=1e-12)
+    torch.testing.assert_close(spectrum.condition_number, torch.full((3,), 4.0, dtype=torch.float64), rtol=1e-10, atol=0)
+
+
+def test_w_jacobian_isometry_condition_one():
+    generator = IsometricGenerator(scale=0.5, num_ws=None)
+
+    spectrum = measure_w_jacobian(generator, num_latents=2)
+
+    torch.testing.assert_close(spectrum.condition_number, torch.ones(2, dtype=torch.float64), rtol=1e-10, atol=0)
+    torch.testing.assert_close(spectrum.singular_values, torch.full((2, 6), 0.5, dtype=torch.float64), rtol=1e-10, atol=0)
+
+
+def test_w_jacobian_latents_seeded():
+    generator = small_conditional_generator()
+
+    first = measure_w_jacobian(generator, num_latents=2, seed=3)
+    again = measure_w_jacobian(generator, num_latents=2, seed=3)
+    other = measure_w_jacobian(generator, num_latents=2, seed=4)
+
+    torch.testing.assert_close(first.singular_values, again.singular_values, rtol=0, atol=0)
+    assert not torch.allclose(first.singular_values, other.singular_values)
+    assert first.singular_values.shape == (2, 4)
+
+
+def test_w_jacobian_chunks_match_whole():
+    generator = small_conditional_generator()
+
+    whole = measure_w_jacobian(generator, num_latents=2, seed=1)
+    chunked = measure_w_jacobian(generator, num_latents=2, seed=1, chunk_size=5)
+
+    # Chunks of rows run the same per-row backward passes, up to float32 rounding.
+    torch.testing.assert_close(chunked.singular_values, whole.singular_values, rtol=1e-5, atol=1e-7)
+
+
+def small_conditional_generator():
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        return Generator(z_dim=4, c_dim=3, w_dim=4, img_resolution=4, channel_base=16, channel_max=4)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -210,7 +318,15 @@ def _classifier():
 def test_comparison_counts_runs_per_side(comparison):
     assert comparison.labels == ("PLR weight 2", "no PLR")
     assert [len(side) for side in comparison.runs] == [2, 2]
-    assert [metric.metric.key for metric in comparison.metrics] == ["cv", "ppl", "frechet_distance", "projection_psnr_median"]
+    assert [metric.metric.key for metric in comparison.metrics] == [
+        "cv",
+        "cv_between",
+        "cv_within",
+        "jacobian_condition_median",
+        "ppl",
+        "frechet_distance",
+        "projection_psnr_median",
+    ]
     for metric in comparison.metrics:
         assert metric.side_a.count == 2, metric.metric.key
         assert metric.side_b.count == 2, metric.metric.key
@@ -295,3 +411,36 @@ def test_report_json_has_all_numbers(report, comparison):
     cv = saved["metrics"][0]
     assert cv["side_a"]["mean"] == pytest.approx(comparison.metrics[0].side_a.mean, rel=1e-12)
     assert cv["statement"] == comparison.metrics[0].statement
+
+
+def test_report_json_has_split_cv_and_condition(report, comparison):
+    saved = json.loads((report[0] / "report.json").read_text())
+    metrics = {metric["metric"]: metric for metric in saved["metrics"]}
+    first_run = saved["sides"][0]["runs"][0]
+
+    assert saved["settings"]["jacobian"]["latents"] == 4
+    for key in NEW_METRIC_KEYS:
+        assert math.isfinite(first_run["metrics"][key]), key
+        assert math.isfinite(metrics[key]["side_a"]["mean"]), key
+        assert math.isfinite(metrics[key]["side_b"]["mean"]), key
+    assert first_run["metrics"]["cv_between"] == pytest.approx(comparison.runs[0][0].path_lengths.cv_between, rel=1e-12)
+    assert len(first_run["jacobian"]["condition_number"]) == 4
+
+
+def test_compare_without_jacobian_renders(runs, tmp_path):
+    report = tmp_path / "report"
+    arguments = ["--num", 8, "--noise-draws", 2, "--projection-targets", 2, "--projection-steps", 2, "--no-frechet"]
+
+    code, out, err = run_cli(["compare", runs["plr"][0], runs["no_plr"][0], "--out", report, *arguments, "--jacobian-latents", 0])
+
+    assert code == 0, err
+    saved = json.loads((report / "report.json").read_text())
+    condition = {metric["metric"]: metric for metric in saved["metrics"]}["jacobian_condition_median"]
+    assert saved["settings"]["jacobian"]["latents"] == 0
+    assert saved["sides"][0]["runs"][0]["jacobian"] is None
+    assert saved["sides"][0]["runs"][0]["metrics"]["jacobian_condition_median"] is None
+    assert condition["side_a"]["mean"] is None
+    assert math.isfinite(saved["sides"][0]["runs"][0]["metrics"]["cv_between"])
+    markdown = (report / "report.md").read_text()
+    assert "| Median condition number of J_w (lower is better) | n/a | n/a |" in markdown
+    assert "- Jacobian J_w: not measured." in markdown

@@ -140,8 +140,16 @@ def run_measure(args: argparse.Namespace) -> int:
     print(f"Path lengths ||J_w^T y|| of {describe_checkpoint(info)}")
     print(f"  {args.num} latents x {args.noise_draws} noise draws = {statistics.lengths.numel()} lengths, seed {args.seed}")
     print()
-    for name, value in (("mean", statistics.mean), ("std", statistics.std), ("CV (std / mean)", statistics.cv), ("mean square", statistics.mean_square)):
-        print(f"  {name:<16} {value:.6g}")
+    rows = (
+        ("mean", statistics.mean),
+        ("std", statistics.std),
+        ("CV (std / mean)", statistics.cv),
+        ("CV across w", statistics.cv_between),
+        ("CV across y", statistics.cv_within),
+        ("mean square", statistics.mean_square),
+    )
+    for name, value in rows:
+        print(f"  {name:<16} {'n/a' if value is None else f'{value:.6g}'}")
     print("  quantiles        " + "  ".join(f"{percent:g}%: {value:.4g}" for percent, value in statistics.quantiles.items()))
     print()
     print("  histogram")
@@ -460,6 +468,13 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         help="dataset (bundled name, folder or zip) of the projection targets, such as images kept out of training (default: the runs' training data)",
     )
     parser.add_argument("--no-frechet", action="store_true", help="skip the classifier Frechet distance")
+    parser.add_argument(
+        "--jacobian-latents",
+        type=_integer(0),
+        default=16,
+        metavar="N",
+        help="latents at which the exact Jacobian J_w gives its condition number; 0 skips it (default: 16)",
+    )
     parser.add_argument("--seed", type=_integer(0), default=0, help="seed of every measurement and of the choice of projection targets (default: 0)")
     parser.add_argument("--batch-size", type=_integer(1), default=64, help="latents per forward pass (default: 64)")
     parser.add_argument("--device", help=DEVICE_HELP)
@@ -505,6 +520,7 @@ def run_compare(args: argparse.Namespace) -> int:
         seed=args.seed,
         batch_size=args.batch_size,
         frechet=not args.no_frechet,
+        jacobian_latents=args.jacobian_latents,
     )
     labels = tuple(args.labels) if args.labels is not None else None
     try:

@@ -38,22 +38,44 @@ DEFAULT_QUANTILES = (1.0, 5.0, 25.0, 50.0, 75.0, 95.0, 99.0)
 
 @dataclass(frozen=True)
 class PathLengthStatistics:
-    """Summary of path lengths measured over ``num_latents`` latents and ``noise_draws`` y per latent.
+    r"""Summary of path lengths measured over ``num_latents`` latents and ``noise_draws`` y per latent.
 
     Attributes:
         lengths: float32 tensor [num_latents, noise_draws] of the measured lengths (on the CPU).
         mean, std: mean and population standard deviation (ddof=0) of all lengths.
         cv: coefficient of variation std / mean; 0.0 when every length is 0.
+        cv_within: spread over directions y at a fixed w, sqrt(mean_i s_i^2) / mean, or None with
+            fewer than two draws per latent.
+        cv_between: spread of the per-latent mean length across w, with the noise of the finite
+            draws removed (see below), or None with fewer than two latents.
         mean_square: mean of length^2, an estimate of E||J||_F^2 / (H * W * L).
         quantiles: percent (1.0, 5.0, ...) to the length at that percentile (linear interpolation).
         histogram_counts, histogram_edges: ``numpy.histogram`` of the lengths (len(edges) = bins + 1).
         settings: the arguments of the measurement (seed, noise_mode, truncation_psi, ...).
+
+    ``cv`` pools two kinds of variation: lengths differ between directions y at one w, and the
+    typical length differs between latents w. Path length regularization aims at both, so the two
+    parts are also reported separately. With m_i and s_i^2 the mean and sample variance (ddof=1) of
+    the ``draws`` lengths of latent i, and var_i the sample variance (ddof=1) over the N latents:
+
+    .. math::
+
+        cv_{within} = \sqrt{mean_i(s_i^2)} / mean, \qquad
+        cv_{between} = \sqrt{\max(0, var_i(m_i) - mean_i(s_i^2) / draws)} / mean.
+
+    ``cv_between`` is the one-way random-effects ANOVA estimator: var_i(m_i) also contains the
+    direction noise of each mean, mean_i(s_i^2) / draws, which is subtracted. With one draw per latent
+    s_i^2 is undefined, so ``cv_between`` is the sample standard deviation of the lengths over latents
+    divided by the mean, and then it also contains the spread over directions. Both are 0 when every
+    length is 0. For many latents cv^2 is close to cv_within^2 + cv_between^2.
     """
 
     lengths: Tensor
     mean: float
     std: float
     cv: float
+    cv_within: float | None
+    cv_between: float | None
     mean_square: float
     quantiles: dict[float, float]
     histogram_counts: list[int]
@@ -69,6 +91,8 @@ class PathLengthStatistics:
             "mean": self.mean,
             "std": self.std,
             "cv": self.cv,
+            "cv_within": self.cv_within,
+            "cv_between": self.cv_between,
             "mean_square": self.mean_square,
             "quantiles": {f"{percent:g}": value for percent, value in self.quantiles.items()},
             "histogram": {"counts": list(self.histogram_counts), "edges": list(self.histogram_edges)},
@@ -196,15 +220,18 @@ def summarize_lengths(
     quantiles: tuple[float, ...] = DEFAULT_QUANTILES,
     settings: dict[str, Any] | None = None,
 ) -> PathLengthStatistics:
-    """Summarize a tensor of path lengths [N, draws] (or [N]) into `PathLengthStatistics`.
+    """Summarize a tensor of path lengths [N, draws] (or [N], one draw each) into `PathLengthStatistics`.
 
-    Statistics are computed in float64. Example:
-        >>> summarize_lengths(torch.tensor([[1.0, 3.0]])).mean
-        2.0
+    Statistics are computed in float64. `PathLengthStatistics` gives the formulas of ``cv_within``
+    and ``cv_between``. Raises ValueError when a length is NaN or inf. Example:
+        >>> stats = summarize_lengths(torch.tensor([[1.0, 3.0], [2.0, 2.0]]))
+        >>> stats.mean, round(stats.cv_within, 4), stats.cv_between
+        (2.0, 0.5, 0.0)
     """
     if lengths.ndim == 1:
         lengths = lengths.unsqueeze(1)
-    values = lengths.detach().double().cpu().numpy().reshape(-1)
+    rows = lengths.detach().double().cpu().numpy().reshape(lengths.shape[0], -1)
+    values = rows.reshape(-1)
     if not np.isfinite(values).all():
         raise ValueError(
             f"{int((~np.isfinite(values)).sum())} of {values.size} path lengths are NaN or inf; "
@@ -215,6 +242,7 @@ def summarize_lengths(
     std = float(values.std())
     # Lengths are non-negative, so a zero mean means every length is 0 and there is no variation.
     cv = std / mean if mean > 0 else 0.0
+    cv_within, cv_between = _split_variation(rows, mean)
     counts, edges = np.histogram(values, bins=bins)
 
     return PathLengthStatistics(
@@ -222,12 +250,34 @@ def summarize_lengths(
         mean=mean,
         std=std,
         cv=cv,
+        cv_within=cv_within,
+        cv_between=cv_between,
         mean_square=float(np.square(values).mean()),
         quantiles={float(percent): float(np.percentile(values, percent)) for percent in quantiles},
         histogram_counts=[int(count) for count in counts],
         histogram_edges=[float(edge) for edge in edges],
         settings=dict(settings or {}),
     )
+
+
+def _split_variation(rows: np.ndarray, mean: float) -> tuple[float | None, float | None]:
+    # Returns (cv_within, cv_between) of float64 lengths [N, draws], as PathLengthStatistics defines them.
+    num_latents, draws = rows.shape
+    within_variance = float(rows.var(axis=1, ddof=1).mean()) if draws >= 2 else None
+    if num_latents >= 2:
+        between_variance = float(rows.mean(axis=1).var(ddof=1))
+        if within_variance is not None:
+            # Each latent's mean carries the direction noise s_i^2 / draws, so it is removed.
+            between_variance = max(0.0, between_variance - within_variance / draws)
+    else:
+        between_variance = None
+
+    if mean <= 0:
+        # Lengths are non-negative, so a zero mean means every length is 0.
+        return (None if within_variance is None else 0.0), (None if between_variance is None else 0.0)
+    cv_within = None if within_variance is None else float(np.sqrt(within_variance)) / mean
+    cv_between = None if between_variance is None else float(np.sqrt(between_variance)) / mean
+    return cv_within, cv_between
 
 
 def _noise_for_latents(indices: range, noise_draws: int, image_shape: tuple[int, ...], seed: int) -> Tensor:

@@ -30,6 +30,9 @@ class MetricDefinition:
 
 METRICS = (
     MetricDefinition("cv", "CV of path lengths", "lower"),
+    MetricDefinition("cv_between", "CV of lengths across w", "lower"),
+    MetricDefinition("cv_within", "CV of lengths across y at fixed w", "lower"),
+    MetricDefinition("jacobian_condition_median", "Median condition number of J_w", "lower"),
     MetricDefinition("ppl", "PPL (W, end, feature distance)", "lower"),
     MetricDefinition("frechet_distance", "Frechet distance (digits classifier)", "lower"),
     MetricDefinition("projection_psnr_median", "Median projection PSNR", "higher", "dB"),

@@ -114,8 +114,8 @@ def compare_runs(
 
     Example:
         >>> comparison = compare_runs(["runs/pl_seed0"], ["runs/nopl_seed0"], settings=MeasureSettings(num=256))  # doctest: +SKIP
-        >>> [metric.lower for metric in comparison.metrics]  # doctest: +SKIP
-        ['a', 'a', 'b', 'a']
+        >>> [metric.metric.key for metric in comparison.metrics]  # doctest: +SKIP
+        ['cv', 'cv_between', 'cv_within', 'jacobian_condition_median', 'ppl', 'frechet_distance', 'projection_psnr_median']
     """
     settings = MeasureSettings() if settings is None else settings
     if not runs_a or not runs_b:

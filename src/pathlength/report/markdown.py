@@ -87,6 +87,10 @@ def _settings(comparison: Comparison) -> list[str]:
         f"- Frechet distance: {settings.num} generated images against the run's dataset, digits classifier features."
         if settings.frechet
         else "- Frechet distance: not measured.",
+        f"- Jacobian J_w: exact, at {settings.jacobian_latents} latents in W (seed {settings.seed}), one w on all layers, "
+        "constant synthesis noise."
+        if settings.jacobian_latents > 0
+        else "- Jacobian J_w: not measured.",
     ]
     targets = comparison.targets
     if targets is None:
@@ -106,6 +110,12 @@ def _definitions(epsilon: float) -> list[str]:
     return [
         "CV of path lengths is std / mean of ||J_w^T y|| with y ~ N(0, I / (H W)), the statistic path length "
         "regularization drives towards a constant; it is scale-free, so runs with different pl_mean compare.",
+        "The CV across w is the spread of each latent's mean length over the latents, with the noise of its few "
+        "draws of y removed; the CV across y at fixed w is the spread over directions y at one latent. "
+        "Path length regularization aims at both, and CV^2 is close to the sum of their squares.",
+        "The condition number of J_w is its largest over its smallest singular value, for one w fed to all "
+        "layers; 1 means equal singular values, so the generator is a scaled isometry at that w when its images "
+        "have at least w_dim values.",
         f"PPL is the mean feature distance between the images at w_0 and w_0 + {epsilon:g} (w_1 - w_0), divided by "
         f"{epsilon:g}^2; its numbers are not the StyleGAN paper's LPIPS numbers.",
         "The spread is the sum of both sides' standard deviations; a gap larger than it is a rough sign of "
