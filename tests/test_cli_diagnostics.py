@@ -139,10 +139,12 @@ def test_ppl_passes_space_sampling_epsilon(runs):
     code, out, err = run_cli(arguments)
 
     assert code == 0, err
-    settings = parse_json_stdout(out)["settings"]
+    result = parse_json_stdout(out)
+    settings = result["settings"]
     assert settings["space"] == "z"
     assert settings["sampling"] == "full"
     assert settings["epsilon"] == 0.001
+    assert result["distance_option"] == "feature"
     assert settings["seed"] == 3
     assert settings["distance"] == "feature"
 
@@ -261,6 +263,7 @@ def bad_input_cases(runs, target_image, tmp_path):
         (["ppl", runs["plr"], "--distance", "cosine"], "'cosine'"),
         (["ppl", runs["plr"], "--distance", f"lpips:{tmp_path / 'vgg.pt'}"], "vgg.pt"),
         (["ppl", runs["plr"], "--epsilon", "0"], "--epsilon"),
+        (["ppl", runs["plr"], "--epsilon", "1"], "(0, 1)"),
         (["project", runs["plr"], "--target", not_image], "notes.txt"),
         (["project", runs["plr"], "--target", tmp_path / "missing.png"], "missing.png"),
         (["project", runs["plr"], "--target", target_image, "--out", a_file / "out"], "a_file"),

@@ -385,7 +385,7 @@ def test_report_plots_are_png(report):
 def test_report_markdown_table_rows(report, comparison):
     markdown = (report[0] / "report.md").read_text()
 
-    assert "| Metric | PLR weight 2 (n=2) | no PLR (n=2) | Lower side | Gap exceeds spread |" in markdown
+    assert "| Metric | PLR weight 2 (n=2) | no PLR (n=2) | Better side | Gap exceeds spread |" in markdown
     for metric in METRICS:
         assert f"| {metric.title} ({metric.better} is better) |" in markdown, metric.key
     for metric in comparison.metrics:

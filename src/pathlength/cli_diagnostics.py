@@ -215,8 +215,8 @@ def run_ppl(args: argparse.Namespace) -> int:
     """Run ``pathlength ppl``: perceptual path length with the chosen space, sampling and distance."""
     from pathlength.diagnostics import perceptual_path_length
 
-    if args.epsilon <= 0:
-        raise UsageError(f"--epsilon must be a positive number, got {args.epsilon:g}")
+    if not 0 < args.epsilon < 1:
+        raise UsageError(f"--epsilon must be a number in (0, 1) (the usual value is 1e-4), got {args.epsilon:g}")
     distance = build_distance(args.distance)
     generator, info = load_checkpoint_generator(args)
     result = perceptual_path_length(
@@ -233,7 +233,8 @@ def run_ppl(args: argparse.Namespace) -> int:
     quantiles = {f"{percent:g}": float(torch.quantile(kept, percent / 100)) for percent in (5, 25, 50, 75, 95)}
 
     if args.json:
-        print_json({**checkpoint_fields(info), **result.to_dict(), "kept_quantiles": quantiles})
+        # settings.distance is the distance's short name; the option also names an LPIPS weights file.
+        print_json({**checkpoint_fields(info), **result.to_dict(), "kept_quantiles": quantiles, "distance_option": args.distance})
         return EXIT_SUCCESS
 
     print(f"Perceptual path length of {describe_checkpoint(info)}")

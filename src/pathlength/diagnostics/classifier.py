@@ -57,7 +57,7 @@ def prepare_images(images: Tensor, resolution: int = INPUT_RESOLUTION) -> Tensor
 
 
 class DigitsClassifier(nn.Module):
-    """Two convolution stages and a hidden layer of ``FEATURE_DIM`` units, for 16x16 grayscale digits.
+    """Two convolution stages and a hidden layer of ``FEATURE_DIM`` units, for 8x8 grayscale digits.
 
     ``forward`` returns logits [B, 10]. ``features`` returns the hidden layer [B, 64], which the
     Frechet distance uses. ``feature_maps`` returns the activations of both convolution stages and

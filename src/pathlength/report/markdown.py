@@ -8,7 +8,7 @@ from collections.abc import Mapping
 from pathlength.report.aggregate import METRICS, format_summary, format_value
 from pathlength.report.comparison import Comparison
 
-LOWER_SIDE_NAMES = {"equal": "equal", None: "n/a"}
+SIDE_NAMES = {"equal": "equal", None: "n/a"}
 
 
 def render_markdown(comparison: Comparison, plots: Mapping[str, str] | None = None) -> str:
@@ -44,21 +44,34 @@ def render_markdown(comparison: Comparison, plots: Mapping[str, str] | None = No
 
 
 def summary_table(comparison: Comparison) -> list[str]:
-    """Return the lines of the Markdown table of per-side means, lower sides and spread checks."""
+    """Return the lines of the Markdown table of per-side means, better sides and spread checks."""
     label_a, label_b = comparison.labels
     rows = [
-        f"| Metric | {_cell(label_a)} (n={len(comparison.runs[0])}) | {_cell(label_b)} (n={len(comparison.runs[1])}) | Lower side | Gap exceeds spread |",
+        f"| Metric | {_cell(label_a)} (n={len(comparison.runs[0])}) | {_cell(label_b)} (n={len(comparison.runs[1])}) | Better side | Gap exceeds spread |",
         "|---|---|---|---|---|",
     ]
     for metric in comparison.metrics:
         definition = metric.metric
-        lower = {"a": label_a, "b": label_b}.get(metric.lower or "", LOWER_SIDE_NAMES.get(metric.lower, "n/a"))
+        better = better_side(metric.lower, definition.better)
+        better_label = {"a": label_a, "b": label_b}.get(better or "", SIDE_NAMES.get(better, "n/a"))
         exceeds = {True: "yes", False: "no", None: "unknown (needs 2+ runs per side)"}[metric.gap_exceeds_spread]
         rows.append(
             f"| {definition.title} ({definition.better} is better) | {format_summary(metric.side_a, definition.unit)} | "
-            f"{format_summary(metric.side_b, definition.unit)} | {_cell(lower)} | {exceeds} |"
+            f"{format_summary(metric.side_b, definition.unit)} | {_cell(better_label)} | {exceeds} |"
         )
     return rows
+
+
+def better_side(lower: str | None, better: str) -> str | None:
+    """Return the side ("a", "b", "equal" or None) whose mean is better, from the lower side and the metric's direction.
+
+    Example:
+        >>> better_side("a", "lower"), better_side("a", "higher"), better_side("equal", "higher")
+        ('a', 'b', 'equal')
+    """
+    if lower in ("a", "b") and better == "higher":
+        return "b" if lower == "a" else "a"
+    return lower
 
 
 def _runs_table(comparison: Comparison) -> list[str]:
