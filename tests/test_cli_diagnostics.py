@@ -292,3 +292,24 @@ def test_bad_input_creates_no_report_folder(runs, tmp_path):
 
     assert code == 2
     assert not report.exists()
+
+
+def test_compare_projects_held_out_folder(runs, tmp_path):
+    # Three images the runs never saw; compare must project exactly those and say so.
+    held_out = tmp_path / "held_out"
+    held_out.mkdir()
+    for index in range(3):
+        pixels = np.random.default_rng(index).integers(0, 256, size=(8, 8), dtype=np.uint8)
+        Image.fromarray(pixels, mode="L").save(held_out / f"image-{index}.png")
+    report = tmp_path / "report"
+    arguments = ["compare", runs["plr"], runs["no_plr"], "--out", report, *FAST_COMPARE, "--projection-targets", 3]
+
+    code, out, err = run_cli([*arguments, "--projection-data", held_out, "--no-frechet"])
+
+    assert code == 0, err
+    saved = json.loads((report / "report.json").read_text())
+    assert saved["targets"]["source"] == str(held_out)
+    assert saved["targets"]["from_training_data"] is False
+    assert sorted(saved["targets"]["indices"]) == [0, 1, 2]
+    for side in saved["sides"]:
+        assert len(side["runs"][0]["projection"]["psnr"]) == 3
