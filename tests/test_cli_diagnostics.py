@@ -4,6 +4,7 @@ their JSON output, the files they write and their exit codes for bad input."""
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shutil
 
@@ -313,3 +314,15 @@ def test_compare_projects_held_out_folder(runs, tmp_path):
     assert sorted(saved["targets"]["indices"]) == [0, 1, 2]
     for side in saved["sides"]:
         assert len(side["runs"][0]["projection"]["psnr"]) == 3
+
+
+def test_compare_warns_about_different_steps(runs, tmp_path, caplog):
+    shorter = train_tiny_run(tmp_path / "shorter", steps=2)
+    report = tmp_path / "report"
+
+    with caplog.at_level(logging.WARNING, logger="pathlength"):
+        code, out, err = run_cli(["compare", runs["plr"], shorter, "--out", report, *FAST_COMPARE, "--no-frechet"])
+
+    assert code == 0, err
+    assert "- The measured checkpoints are at different training steps (2, 4)." in out
+    assert any("different training steps (2, 4)" in record.getMessage() for record in caplog.records)

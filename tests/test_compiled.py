@@ -296,3 +296,17 @@ def test_recompile_limit_falls_back_once(caplog):
     assert "recompile limit" in compiled.fallback_reason.lower()
     assert len(warnings) == 1
     assert result.lengths.shape == (6,)
+
+
+def test_first_call_logs_compile_time(caplog):
+    generator = small_generator(seed=31)
+    step = CompiledPathLengthPenalty(PathLengthPenalty(), generator.synthesis, backend="aot_eager", synthesis_kwargs=CONST_NOISE)
+    ws = generator.mapping(torch.randn(2, generator.z_dim)).detach()
+
+    with caplog.at_level(logging.INFO, logger="pathlength.compiled"):
+        step(ws)
+        step(ws)
+
+    messages = [record.getMessage() for record in caplog.records if "Compiled the path length step" in record.getMessage()]
+    assert len(messages) == 1
+    assert "ws of shape (2, " in messages[0] and "aot_eager backend" in messages[0]

@@ -105,7 +105,7 @@ def test_compare_metric_gap_exceeds_spread():
     assert result.gap == pytest.approx(0.21, abs=1e-12)
     assert result.spread == pytest.approx(math.sqrt(0.0002) + math.sqrt(0.0008), rel=1e-9)
     assert result.gap_exceeds_spread is True
-    assert "with PLR is lower" in result.statement
+    assert "with PLR is better, with the lower mean" in result.statement
     assert "exceeds the spread" in result.statement
 
 
@@ -124,7 +124,7 @@ def test_compare_metric_one_run_spread_unknown():
     assert result.lower == "a"
     assert result.spread is None
     assert result.gap_exceeds_spread is None
-    assert "higher is better" in result.statement
+    assert "B is better, with the higher mean (20 dB vs 25 dB)" in result.statement
     assert "spread over seeds is unknown" in result.statement
 
 

@@ -544,6 +544,11 @@ def run_compare(args: argparse.Namespace) -> int:
     print()
     for metric in comparison.metrics:
         print(f"- {metric.statement}")
+    if comparison.notes:
+        print()
+        print("Notes:")
+        for note in comparison.notes:
+            print(f"- {note}")
     print()
     print(f"Wrote {files['report.md']}, {files['report.json']} and {len(files) - 2} plots to {args.out}")
     return EXIT_SUCCESS

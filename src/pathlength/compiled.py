@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import time
 from collections.abc import Mapping
 from typing import Any, Callable
 
@@ -144,6 +145,8 @@ class CompiledPathLengthPenalty:
             options = {"dynamic": False, **self.compile_kwargs}
             self._step = torch.compile(step, backend=backend, **options)
         self._image_specs: dict[tuple[Any, ...], tuple[torch.Size, torch.dtype]] = {}
+        # Latent shapes whose first (compiling) call has finished, for the log line it writes.
+        self._compiled_keys: set[tuple[Any, ...]] = set()
 
     @property
     def compiled(self) -> bool:
@@ -189,6 +192,8 @@ class CompiledPathLengthPenalty:
             if noise.shape != shape:
                 raise ValueError(f"noise must have the shape of the images {tuple(shape)}, got {tuple(noise.shape)}")
 
+        key = (tuple(ws.shape), ws.dtype, ws.device)
+        started = time.perf_counter()
         try:
             gradients, aux = self._run_compiled(ws, noise)
         except Exception as error:
@@ -199,6 +204,15 @@ class CompiledPathLengthPenalty:
             self._fall_back(_describe(error))
             return result
 
+        if key not in self._compiled_keys:
+            self._compiled_keys.add(key)
+            if self.backend is not None:
+                logger.info(
+                    "Compiled the path length step for ws of shape %s in %.1f s (first call, %s backend)",
+                    tuple(ws.shape),
+                    time.perf_counter() - started,
+                    self.backend if isinstance(self.backend, str) else "custom",
+                )
         return self._commit(ws, gradients, aux, step)
 
     def run(self, ws: Tensor, *, step: int | None = None, noise: Tensor | None = None) -> PathLengthResult | None:

@@ -192,8 +192,10 @@ def _statement(comparison: MetricComparison, label_a: str, label_b: str) -> str:
     if comparison.lower == "equal":
         first = f"{metric.title}: both sides have the same mean ({values}; {direction})."
     else:
-        lower_label = label_a if comparison.lower == "a" else label_b
-        first = f"{metric.title}: {lower_label} is lower ({values}; {direction})."
+        # The sentence names the better side, which for a higher-is-better metric is the higher one.
+        a_is_better = (comparison.lower == "a") == (metric.better == "lower")
+        better_label = label_a if a_is_better else label_b
+        first = f"{metric.title}: {better_label} is better, with the {metric.better} mean ({values})."
 
     if comparison.spread is None:
         second = (

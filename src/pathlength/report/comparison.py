@@ -208,6 +208,7 @@ def _config_notes(configs: Sequence[Sequence[dict[str, Any] | None]], labels: tu
     )
     if differing:
         notes.append(f"Besides pl_weight and seed, the runs' training configs differ in: {', '.join(differing)}.")
+        logger.warning("The runs' training configs differ in %s, so the sides differ in more than PLR", ", ".join(differing))
     return notes
 
 
@@ -266,3 +267,6 @@ def _step_notes(measured: tuple[list[RunMeasurement], list[RunMeasurement]], not
     steps = sorted({run.step for side in measured for run in side})
     if len(steps) > 1:
         notes.append(f"The measured checkpoints are at different training steps ({', '.join(map(str, steps))}).")
+        logger.warning(
+            "The measured checkpoints are at different training steps (%s); compare runs of the same budget", ", ".join(map(str, steps))
+        )
