@@ -157,6 +157,18 @@ def compare_metric(
     return MetricComparison(metric, side_a, side_b, lower, gap, spread, exceeds, statement)
 
 
+def better_side(lower: str | None, better: str) -> str | None:
+    """Return the side ("a", "b", "equal" or None) whose mean is better, from the lower side and the metric's direction.
+
+    Example:
+        >>> better_side("a", "lower"), better_side("a", "higher"), better_side("equal", "higher")
+        ('a', 'b', 'equal')
+    """
+    if lower in ("a", "b") and better == "higher":
+        return "b" if lower == "a" else "a"
+    return lower
+
+
 def format_value(value: float | None, unit: str = "") -> str:
     """Format a number with 4 significant digits, or "n/a" for None.
 
@@ -192,9 +204,7 @@ def _statement(comparison: MetricComparison, label_a: str, label_b: str) -> str:
     if comparison.lower == "equal":
         first = f"{metric.title}: both sides have the same mean ({values}; {direction})."
     else:
-        # The sentence names the better side, which for a higher-is-better metric is the higher one.
-        a_is_better = (comparison.lower == "a") == (metric.better == "lower")
-        better_label = label_a if a_is_better else label_b
+        better_label = label_a if better_side(comparison.lower, metric.better) == "a" else label_b
         first = f"{metric.title}: {better_label} is better, with the {metric.better} mean ({values})."
 
     if comparison.spread is None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from pathlength.report.aggregate import METRICS, format_summary, format_value
+from pathlength.report.aggregate import METRICS, better_side, format_summary, format_value
 from pathlength.report.comparison import Comparison
 
 SIDE_NAMES = {"equal": "equal", None: "n/a"}
@@ -60,18 +60,6 @@ def summary_table(comparison: Comparison) -> list[str]:
             f"{format_summary(metric.side_b, definition.unit)} | {_cell(better_label)} | {exceeds} |"
         )
     return rows
-
-
-def better_side(lower: str | None, better: str) -> str | None:
-    """Return the side ("a", "b", "equal" or None) whose mean is better, from the lower side and the metric's direction.
-
-    Example:
-        >>> better_side("a", "lower"), better_side("a", "higher"), better_side("equal", "higher")
-        ('a', 'b', 'equal')
-    """
-    if lower in ("a", "b") and better == "higher":
-        return "b" if lower == "a" else "a"
-    return lower
 
 
 def _runs_table(comparison: Comparison) -> list[str]:
