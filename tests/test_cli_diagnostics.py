@@ -296,7 +296,7 @@ def test_bad_input_creates_no_report_folder(runs, tmp_path):
 
 
 def test_compare_projects_held_out_folder(runs, tmp_path):
-    # Three images the runs never saw; compare must project exactly those and say so.
+    # Three images the runs never saw. Compare must project exactly those and record their source.
     held_out = tmp_path / "held_out"
     held_out.mkdir()
     for index in range(3):

@@ -309,4 +309,5 @@ def test_first_call_logs_compile_time(caplog):
 
     messages = [record.getMessage() for record in caplog.records if "Compiled the path length step" in record.getMessage()]
     assert len(messages) == 1
-    assert "ws of shape (2, " in messages[0] and "aot_eager backend" in messages[0]
+    assert "ws of shape (2, " in messages[0]
+    assert "aot_eager backend" in messages[0]

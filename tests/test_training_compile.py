@@ -53,8 +53,8 @@ def _path_length_gradients(trainer: Trainer, noise: torch.Tensor | None) -> tupl
 
 def test_compiled_phase_matches_eager_phase(tmp_path, monkeypatch):
     # Two trainers with the same seed start from the same weights and latent stream. At step 0
-    # every noise_strength is 0, so the synthesis noise (drawn differently by the two paths)
-    # changes nothing; the compiled step's y is recorded and handed to the eager step.
+    # every noise_strength is 0, so the synthesis noise, which the two paths draw differently,
+    # changes nothing. The compiled step's y is recorded and passed to the eager step.
     compiled_trainer = _trainer(tiny_config(tmp_path / "compiled", **FAST_BACKEND))
     eager_trainer = _trainer(tiny_config(tmp_path / "eager"))
     assert compiled_trainer.compiled_penalty is not None and eager_trainer.compiled_penalty is None
@@ -78,8 +78,8 @@ def test_compiled_phase_matches_eager_phase(tmp_path, monkeypatch):
     assert any(name.startswith("mapping.") for name in compiled_gradients)
     reaching = [name for name, gradient in eager_gradients.items() if gradient.abs().max() > 0]
     assert any(name.startswith("mapping.") for name in reaching) and any(name.startswith("synthesis.") for name in reaching)
-    # The gradient of a noise_strength is the noise itself (times the upstream gradient), so it
-    # differs between the two noise draws; every other gradient must agree.
+    # The gradient of a noise_strength is the noise times the upstream gradient, so it differs
+    # between the two noise draws. Every other gradient must agree.
     compared = [name for name in reaching if not name.endswith("noise_strength")]
     assert len(compared) > 10
     for name in compared:
@@ -96,12 +96,13 @@ def test_compiled_run_trains_and_resumes(tmp_path, caplog):
         penalties = [record["Loss/G/pl_penalty"] for record in records if "Loss/G/pl_penalty" in record]
         assert penalties and all(math.isfinite(value) for value in penalties)
 
-        # The compiled object holds no state of its own: pl_mean and the step count live in the
+        # The compiled object has no state of its own. pl_mean and the step count are the
         # penalty's buffers, so a resume continues from the checkpoint.
         result = train(tiny_config(out, steps=4, **FAST_BACKEND), resume=True, progress=False)
     assert result.step == 4
     state = load_training_state(result.checkpoint)["path_length_penalty"]
-    assert int(state["step"]) == 4 and float(state["pl_mean"]) > 0
+    assert int(state["step"]) == 4
+    assert float(state["pl_mean"]) > 0
     assert not [record.message for record in caplog.records if "eagerly" in record.message]
 
 
@@ -112,7 +113,7 @@ def test_compile_without_pl_builds_nothing(tmp_path):
 
 def test_compile_under_torchrun_runs_eagerly_with_warning(tmp_path, caplog):
     # The DDP wrappers would not all-reduce gradients that the compiled step adds outside their
-    # forward, so a distributed trainer keeps the eager step and says so.
+    # forward, so a distributed trainer keeps the eager step and logs a warning.
     trainer = SimpleNamespace(config=tiny_config(tmp_path / "run", **FAST_BACKEND), context=SimpleNamespace(distributed=True))
     with caplog.at_level(logging.WARNING, logger="pathlength"):
         assert Trainer._compiled_penalty(trainer) is None

@@ -233,7 +233,7 @@ def run_ppl(args: argparse.Namespace) -> int:
     quantiles = {f"{percent:g}": float(torch.quantile(kept, percent / 100)) for percent in (5, 25, 50, 75, 95)}
 
     if args.json:
-        # settings.distance is the distance's short name; the option also names an LPIPS weights file.
+        # settings.distance is the distance's short name, while the option also names an LPIPS weights file.
         print_json({**checkpoint_fields(info), **result.to_dict(), "kept_quantiles": quantiles, "distance_option": args.distance})
         return EXIT_SUCCESS
 

@@ -145,7 +145,7 @@ class CompiledPathLengthPenalty:
             options = {"dynamic": False, **self.compile_kwargs}
             self._step = torch.compile(step, backend=backend, **options)
         self._image_specs: dict[tuple[Any, ...], tuple[torch.Size, torch.dtype]] = {}
-        # Latent shapes whose first (compiling) call has finished, for the log line it writes.
+        # Latent shapes whose first call, which compiles, has finished. Each gets one log line.
         self._compiled_keys: set[tuple[Any, ...]] = set()
 
     @property

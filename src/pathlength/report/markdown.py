@@ -112,11 +112,11 @@ def _definitions(epsilon: float) -> list[str]:
         "CV of path lengths is std / mean of ||J_w^T y|| with y ~ N(0, I / (H W)), the statistic path length "
         "regularization drives towards a constant; it is scale-free, so runs with different pl_mean compare.",
         "The CV across w is the spread of each latent's mean length over the latents, with the noise of its few "
-        "draws of y removed; the CV across y at fixed w is the spread over directions y at one latent. "
+        "draws of y removed. The CV across y at fixed w is the spread over directions y at one latent. "
         "Path length regularization aims at both, and CV^2 is close to the sum of their squares.",
         "The condition number of J_w is its largest over its smallest singular value, for one w fed to all "
-        "layers; 1 means equal singular values, so the generator is a scaled isometry at that w when its images "
-        "have at least w_dim values.",
+        "layers. A value of 1 means equal singular values, so the generator is a scaled isometry at that w when "
+        "its images have at least w_dim values.",
         f"PPL is the mean feature distance between the images at w_0 and w_0 + {epsilon:g} (w_1 - w_0), divided by "
         f"{epsilon:g}^2; its numbers are not the StyleGAN paper's LPIPS numbers.",
         "The spread is the sum of both sides' standard deviations; a gap larger than it is a rough sign of "
