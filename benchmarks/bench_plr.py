@@ -1,7 +1,8 @@
 """Benchmark of path length regularization steps on the reference StyleGAN2 generator.
 
 Four steps run interleaved in one process on the same generator and inputs: (a) the textbook
-step written out below, (b) pathlength's `PathLengthPenalty`, (c) the compiled `torch.func` step
+step written out below, (b) pathlength's `PathLengthPenalty` as the trainer runs it (the synthesis
+forward inside `shifted_sum_forms`), (c) the compiled `torch.func` step
 of `pathlength.compiled`, and (d) a plain generator forward and backward. For each it records the
 time, the peak memory and the FLOPs, then fits how the time grows with pixels and batch size and
 measures what regularization adds to a full training step of the real trainer.
@@ -34,7 +35,7 @@ import pathlength
 from pathlength import PathLengthPenalty
 from pathlength.compiled import CompiledPathLengthPenalty
 from pathlength.data import load_dataset
-from pathlength.models import Generator
+from pathlength.models import Generator, shifted_sum_forms
 from pathlength.training.config import TrainConfig
 from pathlength.training.loop import Trainer
 from pathlength.training.run_logging import MetricWindow
@@ -144,9 +145,10 @@ class Case:
         loss.backward()
 
     def pathlength_step(self) -> None:
-        """(b) The same step with PathLengthPenalty: guards, safe square root, pl_mean buffer."""
+        """(b) The same step as the trainer runs it: PathLengthPenalty, and the synthesis forward in shifted_sum_forms."""
         ws = self.generator.mapping(self.z)
-        images = self.generator.synthesis(ws, **SYNTHESIS_KWARGS)
+        with shifted_sum_forms():
+            images = self.generator.synthesis(ws, **SYNTHESIS_KWARGS)
         result = self.plr(images, ws, self.noise)
         result.loss.backward()
 

@@ -84,10 +84,12 @@ def test_parameter_gradients_match_eager(eager_and_compiled):
         assert error <= GRAD_RTOL, f"{name}: relative error {error:.2e} > {GRAD_RTOL}"
 
 
-def test_pl_mean_identical_to_eager(eager_and_compiled):
+def test_pl_mean_matches_eager(eager_and_compiled):
+    # Compiled code blurs and upsamples with shifted sums instead of convolutions, so the values
+    # agree to float32 rounding rather than bit for bit.
     pairs = zip(eager_and_compiled["eager_results"], eager_and_compiled["compiled_results"])
     for step, (eager, compiled) in enumerate(pairs):
-        assert torch.equal(compiled.pl_mean, eager.pl_mean), f"step {step}: {compiled.pl_mean} != {eager.pl_mean}"
+        torch.testing.assert_close(compiled.pl_mean, eager.pl_mean, rtol=1e-6, atol=0, msg=f"step {step}")
 
 
 def test_result_fields_match_eager(eager_and_compiled):

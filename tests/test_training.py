@@ -21,7 +21,7 @@ from pathlength.training.latents import LatentSampler, map_with_style_mixing
 from pathlength.training.loop import Trainer
 from pathlength.training.losses import discriminator_logistic_loss, generator_logistic_loss, r1_penalty
 from pathlength.training.run_logging import MetricWindow
-from pathlength.models import Generator
+from pathlength.models import Generator, layers
 from tiny_runs import tiny_config
 
 PLR_METRICS = ("Loss/G/pl_penalty", "pl_lengths/mean", "pl_lengths/std")
@@ -434,3 +434,17 @@ def test_frechet_distance_logged_without_changing_run(tmp_path, tmp_path_factory
     actual, _ = read_network_weights(measured.checkpoint, "G")
     for key in expected:
         assert torch.equal(expected[key], actual[key]), key
+
+
+def test_path_length_phase_uses_shifted_sums(tmp_path):
+    trainer = Trainer(tiny_config(tmp_path / "run"), load_dataset("digits", 8), torch.device("cpu"))
+    settings = []
+    trainer.G.synthesis.register_forward_hook(lambda module, inputs, output: settings.append(layers._shifted_sums_requested))
+
+    trainer.loss.generator_main(trainer.local_batch_size)
+    result = trainer.loss.generator_path_length(trainer.local_batch_size)
+
+    assert result is not None
+    # The main phase keeps the convolutions, and the path length phase's forward runs in the block.
+    assert settings == [False, True]
+    assert layers._shifted_sums_requested is False

@@ -76,8 +76,8 @@ class CompiledPathLengthPenalty:
     the eager step from then on. :attr:`fallback_reason` records why.
 
     Inductor compiles one graph per input shape. On a 2-core CPU with PyTorch 2.13 the first call
-    for the 16x16 reference generator took 1 to 2.5 minutes, and a later process that finds the
-    graph in inductor's on-disk cache took 10 to 20 seconds. Later calls with the same shapes reuse
+    for the 16x16 to 64x64 reference generators took 30 seconds to 2.5 minutes, and a later process
+    that finds the graph in inductor's on-disk cache took 2 to 20 seconds. Later calls with the same shapes reuse
     the compiled code.
 
     NOTE: every instance and every batch size adds an entry to torch.compile's cache of one

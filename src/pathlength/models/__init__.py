@@ -1,5 +1,6 @@
 """Reference StyleGAN2 networks that the pathlength trainer, diagnostics and benchmarks build on."""
 
+from pathlength.models.layers import shifted_sum_forms
 from pathlength.models.stylegan2 import (
     Discriminator,
     Generator,
@@ -7,4 +8,4 @@ from pathlength.models.stylegan2 import (
     SynthesisNetwork,
 )
 
-__all__ = ["Discriminator", "Generator", "MappingNetwork", "SynthesisNetwork"]
+__all__ = ["Discriminator", "Generator", "MappingNetwork", "SynthesisNetwork", "shifted_sum_forms"]

@@ -5,7 +5,9 @@ double backward that path length regularization and the R1 penalty need."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -41,8 +43,17 @@ def make_depthwise_resample_filter(channels: int) -> torch.Tensor:
     return make_resample_filter()[None, None].repeat(channels, 1, 1, 1)
 
 
-def blur2d(x: torch.Tensor, weight: torch.Tensor, padding: int) -> torch.Tensor:
-    """Filter each channel of x [B, C, H, W] with the depthwise weight [C, 1, 4, 4], zero padded."""
+def blur2d(x: torch.Tensor, weight: torch.Tensor, padding: int, gain: float = 1.0) -> torch.Tensor:
+    """Filter each channel of x [B, C, H, W] with the [1, 3, 3, 1] filter times gain, zero padded.
+
+    weight is the depthwise form [C, 1, 4, 4] of the filter (`make_depthwise_resample_filter`).
+    It runs as a grouped convolution, or as a sum of shifted copies of x under `torch.compile` and
+    inside `shifted_sum_forms`.
+    """
+    if _use_shifted_sums():
+        return _blur2d_shifted(x, padding, gain)
+    if gain != 1.0:
+        weight = weight * gain
     return F.conv2d(x, weight, padding=padding, groups=x.shape[1])
 
 
@@ -50,9 +61,97 @@ def upsample2d(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     """Upsample x [B, C, H, W] to [B, C, 2H, 2W] by zero insertion and the depthwise filter weight.
 
     The transposed convolution with stride 2 inserts the zeros. The factor 4 restores the mean,
-    because three of every four samples after insertion are zero.
+    because three of every four samples after insertion are zero. Under `torch.compile` and inside
+    `shifted_sum_forms` the same result comes from shifted sums.
     """
+    if _use_shifted_sums():
+        return _upsample2d_shifted(x)
     return F.conv_transpose2d(x, weight * 4, stride=2, padding=1, groups=x.shape[1])
+
+
+# Whether `shifted_sum_forms` is active. One flag for the process: the trainer runs its phases on one thread.
+_shifted_sums_requested = False
+
+
+@contextlib.contextmanager
+def shifted_sum_forms(enabled: bool = True) -> Iterator[None]:
+    """Run the fixed filters and the 1x1 modulated convolutions as shifted sums inside the block.
+
+    The reference networks' [1, 3, 3, 1] blur and upsampling and their toRGB 1x1 modulated
+    convolutions then compute the same values (to float rounding) with padding, slicing, products
+    and sums instead of convolution calls. On a CPU a depthwise or 1x1 convolution with few
+    channels runs far below the FLOP rate of the other convolutions, and a double backward
+    (path length regularization, R1) runs each of them several times. At 32x32 on a 2-core CPU the
+    shifted sums made an eager path length step 12% to 16% faster and an ordinary forward and
+    backward 1% to 5% slower (docs/benchmarks.md). The trainer therefore uses them in its path
+    length phase only. Code that `torch.compile` traces always uses them, because inductor
+    fuses them with the elementwise operations around them.
+
+    Only the forward needs to run inside the block: the backward follows the operations recorded then.
+
+    NOTE: in float16 and bfloat16 (autocast) a shifted sum rounds after each addition, where a
+    convolution accumulates in float32 and rounds once, so its result is a little less precise.
+
+    Example:
+        >>> from pathlength.models import Generator
+        >>> generator = Generator(img_resolution=8, channel_base=64, channel_max=16, z_dim=16, w_dim=16)
+        >>> ws = generator.mapping(torch.randn(2, 16))
+        >>> with shifted_sum_forms():
+        ...     images = generator.synthesis(ws, noise_mode="const")
+        >>> bool(torch.allclose(images, generator.synthesis(ws, noise_mode="const"), atol=1e-5))
+        True
+    """
+    global _shifted_sums_requested
+    previous = _shifted_sums_requested
+    _shifted_sums_requested = enabled
+    try:
+        yield
+    finally:
+        _shifted_sums_requested = previous
+
+
+def _use_shifted_sums() -> bool:
+    # Older PyTorch versions lack torch.compiler.is_compiling but have the dynamo function.
+    is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
+    return _shifted_sums_requested or is_compiling()
+
+
+def _blur2d_shifted(x: torch.Tensor, padding: int, gain: float) -> torch.Tensor:
+    x = F.pad(x, [padding, padding, padding, padding])
+    x = _blur_axis_shifted(x, dim=-1, scale=0.125)
+    return _blur_axis_shifted(x, dim=-2, scale=0.125 * gain)
+
+
+def _blur_axis_shifted(x: torch.Tensor, dim: int, scale: float) -> torch.Tensor:
+    # [1, 3, 3, 1] along one axis, times scale, without padding. Scaling each axis by 1 / 8 keeps
+    # intermediate values at the input's magnitude, which matters in float16.
+    size = x.shape[dim] - 3
+    outer = x.narrow(dim, 0, size) + x.narrow(dim, 3, size)
+    inner = x.narrow(dim, 1, size) + x.narrow(dim, 2, size)
+    return torch.add(outer, inner, alpha=3) * scale
+
+
+def _upsample_axis_shifted(x: torch.Tensor, dim: int) -> torch.Tensor:
+    # Along one axis, zero insertion and [1, 3, 3, 1] / 4 give output 2i = (x[i - 1] + 3 x[i]) / 4
+    # and output 2i + 1 = (3 x[i] + x[i + 1]) / 4, with zeros beyond the borders.
+    size = x.shape[dim]
+    padded = F.pad(x, [1, 1] if dim == -1 else [0, 0, 1, 1])
+    previous = padded.narrow(dim, 0, size)
+    following = padded.narrow(dim, 2, size)
+    even = (previous + 3 * x) * 0.25
+    odd = (3 * x + following) * 0.25
+    # Stacking inserts a new axis of size 2 after the axis, which flattening interleaves.
+    return torch.stack([even, odd], dim=dim).flatten(dim - 1, dim)
+
+
+def _upsample2d_shifted(x: torch.Tensor) -> torch.Tensor:
+    return _upsample_axis_shifted(_upsample_axis_shifted(x, dim=-1), dim=-2)
+
+
+def _conv1x1_summed(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    # A 1x1 convolution as a product and a sum over input channels, which inductor fuses with its
+    # neighbours instead of calling oneDNN (the toRGB layers have 1 to 3 output channels).
+    return (x[:, None] * weight[None]).sum(dim=2)
 
 
 def validate_activation(activation: str) -> None:
@@ -284,6 +383,8 @@ def modulated_conv2d(
         x = x * styles[:, :, None, None]
         if up:
             y = F.conv_transpose2d(x, weight.transpose(0, 1), stride=2)
+        elif kernel_size == 1 and _use_shifted_sums():
+            y = _conv1x1_summed(x, weight)
         else:
             y = F.conv2d(x, weight, padding=kernel_size // 2)
 
@@ -294,7 +395,7 @@ def modulated_conv2d(
 
     if up:
         # The stride-2 transposed convolution returns 2H + k - 2, so a blur padded by (k - 1) // 2 returns 2H.
-        y = blur2d(y, resample_filter * 4, padding=(kernel_size - 1) // 2)
+        y = blur2d(y, resample_filter, padding=(kernel_size - 1) // 2, gain=4.0)
     return y
 
 
