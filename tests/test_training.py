@@ -448,3 +448,16 @@ def test_path_length_phase_uses_shifted_sums(tmp_path):
     # The main phase keeps the convolutions, and the path length phase's forward runs in the block.
     assert settings == [False, True]
     assert layers._shifted_sums_requested is False
+
+
+def test_path_length_phase_samples_on_due_steps_only(tmp_path, monkeypatch):
+    trainer = Trainer(tiny_config(tmp_path / "run", pl_interval=2), load_dataset("digits", 8), torch.device("cpu"))
+    sampled = []
+    sample = trainer.sampler.sample
+    monkeypatch.setattr(trainer.sampler, "sample", lambda batch_size: sampled.append(batch_size) or sample(batch_size))
+
+    results = [trainer.loss.generator_path_length(trainer.local_batch_size) for _ in range(4)]
+
+    assert [result is not None for result in results] == [True, False, True, False]
+    assert sampled == [trainer.local_batch_size] * 2
+    assert int(trainer.path_length_penalty.step) == 4

@@ -147,31 +147,38 @@ class StyleGAN2Loss:
     ) -> PhaseResult | None:
         """Generator regularization phase: path length penalty on a shrunk batch, every pl_interval steps.
 
-        Call it once per generator step. ``PathLengthPenalty.run`` counts the calls in its ``step``
-        buffer, and on due steps it shrinks the batch and runs the synthesis network. On other
-        steps, and when path length regularization is off, this returns None. Under float16 pass
-        the generator's ``scaler``: the penalty scales its inner gradient by it, and a step that
-        overflows is skipped and reported as ``pl_skipped``.
+        Call it once per generator step. The calls are counted in the penalty's ``step`` buffer.
+        On due steps the phase samples latents, and ``run`` shrinks the batch and runs the
+        synthesis network. On other steps, and when path length regularization is off, this
+        returns None without sampling. Under float16 pass the generator's ``scaler``: the penalty
+        scales its inner gradient by it, and a step that overflows is skipped and reported as
+        ``pl_skipped``.
         """
-        if self.path_length_penalty is None:
+        plr = self.path_length_penalty
+        if plr is None:
+            return None
+
+        step = int(plr.step)
+        plr.step += 1
+        if not plr.is_due(step):
             return None
 
         z, c = self.sampler.sample(batch_size)
         ws = map_with_style_mixing(self.generator, self.sampler, z, c, self.style_mixing_prob)
         if self.compiled_penalty is not None and scaler is None:
-            result = self.compiled_penalty.run(ws)
+            result = self.compiled_penalty.run(ws, step=step)
         else:
             # The shifted-sum forms of the reference networks' filters make the double backward
             # faster on a CPU and change values only by float rounding (see `shifted_sum_forms`).
             scaler_option = {} if scaler is None else {"scaler": scaler}
             with shifted_sum_forms():
-                result = self.path_length_penalty.run(self.generator.synthesis, ws, **scaler_option)
+                result = plr.run(self.generator.synthesis, ws, step=step, **scaler_option)
         if result is None:
             return None
 
         stats = {"pl_skipped": torch.tensor(float(result.skipped))}
         if not result.skipped:
-            stats["Loss/G/pl_penalty"] = result.penalty * self.path_length_penalty.weight
+            stats["Loss/G/pl_penalty"] = result.penalty * plr.weight
             stats["pl_lengths"] = result.lengths
         return PhaseResult(result.loss, stats)
 
