@@ -36,6 +36,7 @@ from pathlength import PathLengthPenalty
 from pathlength.compiled import CompiledPathLengthPenalty
 from pathlength.data import load_dataset
 from pathlength.models import Generator, shifted_sum_forms
+from pathlength.report.files import write_text_atomically
 from pathlength.training.config import TrainConfig
 from pathlength.training.loop import Trainer
 from pathlength.training.run_logging import MetricWindow
@@ -55,6 +56,8 @@ PL_DECAY = 0.01
 PL_INTERVAL = 4
 PL_BATCH_SHRINK = 2
 DEFAULT_OUT = Path(__file__).resolve().parent / "results" / "bench_plr.json"
+# --quick writes elsewhere by default, so that a check does not replace the full run's report.
+DEFAULT_QUICK_OUT = Path(tempfile.gettempdir()) / "bench_plr_quick.json"
 
 
 @dataclass
@@ -81,7 +84,7 @@ FULL = Settings(
     pixel_batch=16,
     batch_resolution=32,
     batch_sizes=(4, 8, 16, 32),
-    # Inductor compiles one graph per shape, 1 to 2 minutes each on 2 cores with a cold cache, so
+    # Inductor compiles one graph per shape, 30 s to 2 minutes each on 2 cores with a cold cache, so
     # the compiled step skips batches 4 and 8 to keep a cold run under 10 minutes.
     compiled_batch_sizes=(16, 32),
     repeats=10,
@@ -321,6 +324,11 @@ def make_compiled(generator: Generator, settings: Settings) -> CompiledPathLengt
     return CompiledPathLengthPenalty(plr, generator.synthesis, backend=settings.compiled_backend, synthesis_kwargs=SYNTHESIS_KWARGS)
 
 
+def trainer_compile_backend(settings: Settings) -> str:
+    """Return the backend of the trainer with ``--compile``: the compiled step's, or aot_eager when that is None."""
+    return settings.compiled_backend or "aot_eager"
+
+
 def make_trainer(settings: Settings, pl_weight: float, out: str, compile_backend: str | None = None) -> Trainer:
     """Return a real trainer; with ``compile_backend`` it runs its path length steps compiled (``--compile``)."""
     generator_sizes = {key: settings.generator_kwargs[key] for key in ("channel_base", "channel_max", "z_dim", "w_dim") if key in settings.generator_kwargs}
@@ -373,7 +381,7 @@ def benchmark_training(settings: Settings) -> dict:
             "none": make_trainer(settings, 0.0, out),
             "eager": make_trainer(settings, PL_WEIGHT, out),
             # The quick configuration compiles nothing elsewhere; aot_eager traces the same graph in seconds.
-            "compiled": make_trainer(settings, PL_WEIGHT, out, settings.compiled_backend or "aot_eager"),
+            "compiled": make_trainer(settings, PL_WEIGHT, out, trainer_compile_backend(settings)),
         }
     compiled = trainers["compiled"].compiled_penalty
 
@@ -444,6 +452,7 @@ def run(settings: Settings) -> dict:
             "torch_threads": torch.get_num_threads(),
             "load_average_start": load_average(),
             "compiled_backend": settings.compiled_backend,
+            "trainer_compile_backend": trainer_compile_backend(settings),
             "synthesis_kwargs": SYNTHESIS_KWARGS,
             "generator_kwargs": settings.generator_kwargs,
             "repeats": settings.repeats,
@@ -479,48 +488,104 @@ def run(settings: Settings) -> dict:
     return report
 
 
+# Row labels and order of the four steps in the printed tables, as in docs/benchmarks.md.
+STEP_LABELS = {
+    "textbook": "(a) textbook",
+    "pathlength": "(b) pathlength",
+    "compiled": "(c) compiled",
+    "forward_backward": "(d) forward_backward",
+}
+RATIO_COLUMNS = {
+    "b/a": "pathlength/textbook",
+    "c/a": "compiled/textbook",
+    "a/d": "textbook/forward_backward",
+    "b/d": "pathlength/forward_backward",
+    "c/d": "compiled/forward_backward",
+}
+TRAINER_LABELS = {"none": "no PLR", "eager": "eager PLR", "compiled": "`--compile`"}
+PHASES = ("G/main", "G/pl", "D/main", "D/r1")
+
+
 def format_report(report: dict) -> str:
-    """Return the report as plain-text tables."""
+    """Return the report as the Markdown tables of docs/benchmarks.md, after a line on the machine and backends."""
+    meta = report["meta"]
     lines = [
-        f"torch {report['meta']['torch']}, {report['meta']['cpu_count']} CPUs, {report['meta']['torch_threads']} threads, "
-        f"load {report['meta']['load_average_start']} -> {report['meta']['load_average_end']}, compiled backend {report['meta']['compiled_backend']}",
+        f"torch {meta['torch']}, {meta['cpu_count']} CPUs, {meta['torch_threads']} threads, "
+        f"load {meta['load_average_start']} -> {meta['load_average_end']}, "
+        f"compiled step backend {meta['compiled_backend'] or 'none (torch.func, not compiled)'}, "
+        f"trainer --compile backend {meta['trainer_compile_backend']}",
         "",
-        f"{'res':>4} {'batch':>5} {'step':<17} {'median ms':>10} {'p25-p75 ms':>16} {'peak MiB':>9} {'GFLOP':>7} {'GFLOP/s':>8}",
+        "| res | batch | step | median ms | p25-p75 ms | peak MiB | GFLOP | GFLOP/s |",
+        "|---:|---:|---|---:|---:|---:|---:|---:|",
     ]
     for case in report["cases"]:
-        for method, values in case["methods"].items():
+        for method, label in STEP_LABELS.items():
+            values = case["methods"].get(method)
+            if values is None:
+                continue
             lines.append(
-                f"{case['resolution']:>4} {case['batch']:>5} {method:<17} {values['median_ms']:>10.1f} "
-                f"{values['p25_ms']:>7.1f}-{values['p75_ms']:<8.1f} {values['peak_memory_mib']:>9.1f} "
-                f"{values['gflop']:>7.3f} {values['gflop_per_s']:>8.2f}"
+                f"| {case['resolution']} | {case['batch']} | {label} | {values['median_ms']:.1f} | "
+                f"{values['p25_ms']:.1f}-{values['p75_ms']:.1f} | {values['peak_memory_mib']:.1f} | "
+                f"{values['gflop']:.3f} | {values['gflop_per_s']:.1f} |"
             )
-        ratios = ", ".join(f"{name} {value:.2f}" for name, value in case["ratios"].items())
-        lines.append(f"{'':>11} ratios: {ratios}")
-    lines.append("")
+
+    lines += ["", "| res | batch | " + " | ".join(RATIO_COLUMNS) + " |", "|---:|---:|" + "---:|" * len(RATIO_COLUMNS)]
+    for case in report["cases"]:
+        ratios = [case["ratios"].get(key) for key in RATIO_COLUMNS.values()]
+        cells = " | ".join("" if value is None else f"{value:.2f}" for value in ratios)
+        lines.append(f"| {case['resolution']} | {case['batch']} | {cells} |")
+
+    lines += ["", "| against | " + " | ".join(STEP_LABELS) + " |", "|---|" + "---:|" * len(STEP_LABELS)]
     for key, fit in report["scaling"].items():
-        exponents = ", ".join(f"{method} {value:.2f}" for method, value in fit["exponents"].items() if value is not None)
-        lines.append(f"time ~ {key}^k: {exponents}")
+        exponents = [fit["exponents"].get(method) for method in STEP_LABELS]
+        cells = " | ".join("" if value is None else f"{value:.2f}" for value in exponents)
+        held = f"batch {fit['batch']}" if key == "pixels" else f"{fit['resolution']}x{fit['resolution']}"
+        lines.append(f"| {key} ({held}) | {cells} |")
+
     training = report["training"]
-    lines.append("")
-    lines.append(
-        f"training {training['resolution']}x{training['resolution']} batch {training['batch_size']}, "
-        f"interval {training['pl_interval']}, shrink {training['pl_batch_shrink']}: "
-        + ", ".join(f"{name} {ms:.1f} ms/step" for name, ms in training["ms_per_step"].items())
-        + "; overhead "
-        + ", ".join(f"{name} {value * 100:+.1f}%" for name, value in training["overhead"].items())
-        + "; G/pl phase over the rest of its steps "
-        + ", ".join(f"{name} {value * 100:+.1f}%" for name, value in training["phase_overhead"].items())
-    )
-    for name, phase_ms in training["phase_ms_per_step"].items():
-        lines.append(f"  {name:<8} " + ", ".join(f"{phase} {ms:.1f}" for phase, ms in phase_ms.items()) + " ms/step")
-    lines.append(f"wall time {report['meta']['wall_s']:.0f} s")
+    lines += [
+        "",
+        f"Training at {training['resolution']}x{training['resolution']}, batch {training['batch_size']}, "
+        f"interval {training['pl_interval']}, shrink {training['pl_batch_shrink']} "
+        f"(ms per step over {training['steps_timed']} steps):",
+        "",
+        "| trainer | step | " + " | ".join(PHASES) + " | overhead of PLR |",
+        "|---|---:|" + "---:|" * len(PHASES) + "---:|",
+    ]
+    for name, label in TRAINER_LABELS.items():
+        phase_ms = training["phase_ms_per_step"][name]
+        overhead = ""
+        if name in training["phase_overhead"]:
+            overhead = (
+                f"**{training['phase_overhead'][name] * 100:.1f}%** "
+                f"(whole steps: {training['overhead'][name] * 100:.1f}%)"
+            )
+        phases = " | ".join(f"{phase_ms.get(phase, 0.0):.1f}" for phase in PHASES)
+        lines.append(f"| {label} | {training['ms_per_step'][name]:.1f} | {phases} | {overhead} |")
+    lines += ["", f"wall time {meta['wall_s']:.0f} s"]
     return "\n".join(lines)
+
+
+def report_path(out: Path | None, quick: bool) -> Path:
+    """Return where the JSON report goes: ``out`` when given, else the default of the mode."""
+    if out is not None:
+        return out
+    return DEFAULT_QUICK_OUT if quick else DEFAULT_OUT
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny configuration without compiling, a few seconds (for tests)")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"JSON report path (default {DEFAULT_OUT})")
+    parser.add_argument(
+        "--quick",
+        action="store_true",
+        help="tiny configuration in a few seconds (for tests): no inductor, the trainer's --compile through aot_eager",
+    )
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help=f"JSON report path (default {DEFAULT_OUT}, with --quick {DEFAULT_QUICK_OUT})",
+    )
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's default, 1 with --quick)")
     args = parser.parse_args(argv)
     if args.threads is not None and args.threads < 1:
@@ -533,10 +598,11 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(threads)
     report = run(settings)
 
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2) + "\n")
+    out = report_path(args.out, args.quick)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomically(out, json.dumps(report, indent=2) + "\n")
     print(format_report(report))
-    print(f"\nwrote {args.out}")
+    print(f"\nwrote {out}")
     return 0
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import math
 import subprocess
@@ -94,7 +95,23 @@ def test_training_overhead_is_reported(quick_report):
     assert training["compiled_fell_back"] is False
 
 
-def test_quick_run_prints_summary(quick_report):
+def test_quick_run_prints_doc_tables(quick_report):
     _, stdout = quick_report
-    assert "ratios:" in stdout
-    assert "overhead" in stdout
+    assert "| res | batch | step | median ms | p25-p75 ms | peak MiB | GFLOP | GFLOP/s |" in stdout
+    assert "| res | batch | b/a | c/a | a/d | b/d | c/d |" in stdout
+    assert "| 8 | 4 | (a) textbook |" in stdout
+    assert "| eager PLR |" in stdout
+    assert "trainer --compile backend aot_eager" in stdout
+
+
+def test_quick_mode_keeps_the_full_report(monkeypatch):
+    spec = importlib.util.spec_from_file_location("bench_plr", BENCHMARK)
+    bench_plr = importlib.util.module_from_spec(spec)
+    # Its dataclasses look their module up in sys.modules while the module runs.
+    monkeypatch.setitem(sys.modules, "bench_plr", bench_plr)
+    spec.loader.exec_module(bench_plr)
+
+    assert bench_plr.report_path(None, quick=True) == bench_plr.DEFAULT_QUICK_OUT
+    assert bench_plr.report_path(None, quick=False) == bench_plr.DEFAULT_OUT
+    assert bench_plr.DEFAULT_QUICK_OUT != bench_plr.DEFAULT_OUT
+    assert bench_plr.report_path(Path("chosen.json"), quick=True) == Path("chosen.json")

@@ -4,7 +4,9 @@ tensor-only training state, random states and `load_generator`."""
 from __future__ import annotations
 
 import logging
+import os
 import random
+import stat
 
 import numpy as np
 import pytest
@@ -72,6 +74,17 @@ def test_checkpoint_folder_holds_every_file(tmp_path):
     assert path.name == "step-0000003"
     assert names == ["D.safetensors", "G.safetensors", "G_ema.safetensors", "checkpoint.json", "training_state.pt"]
     assert (tmp_path / "latest").read_text().strip() == "step-0000003"
+
+
+def test_checkpoint_folder_follows_umask(tmp_path):
+    previous = os.umask(0o022)
+    try:
+        path = save_tiny(tmp_path, 3)
+    finally:
+        os.umask(previous)
+
+    # Like the run folder, which mkdir also creates: 0o777 without the umask's bits.
+    assert stat.S_IMODE(path.stat().st_mode) == 0o755
 
 
 def test_network_weights_round_trip_exactly(tmp_path):

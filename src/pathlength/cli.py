@@ -135,7 +135,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         default=None,
         help="run the path length steps as one graph compiled by torch.compile (fp32 only; the first "
-        "regularized step waits 1 to 2 minutes for the compilation)",
+        "regularized step waits about 30 s to 2 minutes for the compilation)",
     )
     parser.add_argument(
         "--no-pl-sync",

@@ -111,9 +111,13 @@ def shifted_sum_forms(enabled: bool = True) -> Iterator[None]:
 
 
 def _use_shifted_sums() -> bool:
+    return _shifted_sums_requested or _is_compiling()
+
+
+def _is_compiling() -> bool:
     # Older PyTorch versions lack torch.compiler.is_compiling but have the dynamo function.
     is_compiling = getattr(torch.compiler, "is_compiling", None) or torch._dynamo.is_compiling
-    return _shifted_sums_requested or is_compiling()
+    return is_compiling()
 
 
 def _blur2d_shifted(x: torch.Tensor, padding: int, gain: float) -> torch.Tensor:
@@ -149,9 +153,12 @@ def _upsample2d_shifted(x: torch.Tensor) -> torch.Tensor:
 
 
 def _conv1x1_summed(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
-    # A 1x1 convolution as a product and a sum over input channels, which inductor fuses with its
-    # neighbours instead of calling oneDNN (the toRGB layers have 1 to 3 output channels).
-    return (x[:, None] * weight[None]).sum(dim=2)
+    # A 1x1 convolution as a broadcast product summed over input channels, which inductor fuses with
+    # its neighbours instead of calling oneDNN (toRGB layers have 1 to 3 output channels). Eager code
+    # allocates the [B, O, I, H, W] product, O times the size of x, so there it takes einsum for O > 1.
+    if _is_compiling() or weight.shape[0] == 1:
+        return (x[:, None] * weight[None]).sum(dim=2)
+    return torch.einsum("bihw,oi->bohw", x, weight[:, :, 0, 0])
 
 
 def validate_activation(activation: str) -> None:

@@ -21,8 +21,8 @@ import os
 import pickle
 import re
 import shutil
-import tempfile
 import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -88,7 +88,10 @@ def save_checkpoint(
     _remove_leftovers(checkpoints_dir)
 
     final = checkpoints_dir / checkpoint_name(step)
-    temporary = Path(tempfile.mkdtemp(prefix=f"{_TEMPORARY_PREFIX}{final.name}-", dir=checkpoints_dir))
+    # A unique name made by hand rather than by tempfile.mkdtemp, whose folders get mode 0700: mkdir
+    # gives the checkpoint the same permissions (from the umask) as the rest of the run folder.
+    temporary = checkpoints_dir / f"{_TEMPORARY_PREFIX}{final.name}-{uuid.uuid4().hex}"
+    temporary.mkdir()
     try:
         for name, network in networks.items():
             _write_durably(temporary / f"{name}.safetensors", _network_bytes(network, step))

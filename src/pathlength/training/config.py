@@ -78,7 +78,7 @@ class TrainConfig:
             ``precision="fp32"``; under torchrun the steps run eagerly, with a warning. Off by
             default: the first regularized step waits for the compilation.
         compile_backend: the ``torch.compile`` backend of ``compile``: "inductor" (fast code,
-            1 to 2 minutes to compile on a 2-core CPU) or "aot_eager" (compiles in seconds and
+            30 s to 2 minutes to compile on a 2-core CPU) or "aot_eager" (compiles in seconds and
             runs no faster; for tests).
         z_dim, w_dim, channel_base, channel_max, mapping_layers: network sizes, passed to
             ``Generator`` and ``Discriminator``.
