@@ -539,8 +539,8 @@ def format_report(report: dict) -> str:
     for key, fit in report["scaling"].items():
         exponents = [fit["exponents"].get(method) for method in STEP_LABELS]
         cells = " | ".join("" if value is None else f"{value:.2f}" for value in exponents)
-        held = f"batch {fit['batch']}" if key == "pixels" else f"{fit['resolution']}x{fit['resolution']}"
-        lines.append(f"| {key} ({held}) | {cells} |")
+        fixed_size = f"batch {fit['batch']}" if key == "pixels" else f"{fit['resolution']}x{fit['resolution']}"
+        lines.append(f"| {key} ({fixed_size}) | {cells} |")
 
     training = report["training"]
     lines += [

@@ -176,6 +176,17 @@ def test_explicit_step_follows_interval():
     assert int(penalty.step) == 0
 
 
+def test_count_step_advances_only_the_buffer():
+    penalty = PathLengthPenalty(interval=4)
+
+    counted = [penalty.count_step() for _ in range(3)]
+    explicit = penalty.count_step(step=10)
+
+    assert counted == [0, 1, 2]
+    assert explicit == 10
+    assert int(penalty.step) == 3
+
+
 def test_zero_weight_is_noop():
     generator = CountingGenerator()
     penalty = PathLengthPenalty(weight=0, interval=1)

@@ -77,8 +77,8 @@ class CompiledPathLengthPenalty:
 
     Inductor compiles one graph per input shape. On a 2-core CPU with PyTorch 2.13 the first call
     for the 16x16 to 64x64 reference generators took 30 seconds to 2.5 minutes, and a later process
-    that finds the graph in inductor's on-disk cache took 2 to 20 seconds. Later calls with the same shapes reuse
-    the compiled code.
+    that finds the graph in inductor's on-disk cache took 2 to 20 seconds. Later calls with the same
+    shapes reuse the compiled code.
 
     NOTE: every instance and every batch size adds an entry to torch.compile's cache of one
     function. Past ``torch._dynamo.config.recompile_limit`` entries (8 by default) a new shape
@@ -223,11 +223,7 @@ class CompiledPathLengthPenalty:
         the first ``plr.batch_size(B)`` latents (and noise rows) go to :meth:`__call__`.
         """
         plr = self.plr
-        if step is None:
-            current = int(plr.step)
-            plr.step += 1
-        else:
-            current = step
+        current = plr.count_step(step)
         if not plr.is_due(current):
             return None
 

@@ -328,6 +328,14 @@ class PathLengthPenalty(nn.Module):
             raise ValueError(f"batch must be a positive integer, got {batch!r}")
         return max(1, batch // self.batch_shrink)
 
+    def count_step(self, step: int | None = None) -> int:
+        """Return the generator step of this call: ``step`` when given, else the ``step`` buffer, which then advances by one."""
+        if step is not None:
+            return step
+        current = int(self.step)
+        self.step += 1
+        return current
+
     def is_due(self, step: int) -> bool:
         """Return whether the penalty runs at generator step `step` (0-based), given the interval."""
         return self.enabled and step % self.interval == 0
@@ -436,11 +444,7 @@ class PathLengthPenalty(nn.Module):
             step: the caller's generator step; None uses and advances the internal counter.
             noise, scaler: as in :meth:`forward`.
         """
-        if step is None:
-            current = int(self.step)
-            self.step += 1
-        else:
-            current = step
+        current = self.count_step(step)
         if not self.is_due(current):
             return None
 

@@ -142,8 +142,9 @@ def _upsample_axis_shifted(x: torch.Tensor, dim: int) -> torch.Tensor:
     padded = F.pad(x, [1, 1] if dim == -1 else [0, 0, 1, 1])
     previous = padded.narrow(dim, 0, size)
     following = padded.narrow(dim, 2, size)
-    even = (previous + 3 * x) * 0.25
-    odd = (3 * x + following) * 0.25
+    tripled = 3 * x
+    even = (previous + tripled) * 0.25
+    odd = (tripled + following) * 0.25
     # Stacking inserts a new axis of size 2 after the axis, which flattening interleaves.
     return torch.stack([even, odd], dim=dim).flatten(dim - 1, dim)
 

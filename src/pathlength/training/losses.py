@@ -158,8 +158,7 @@ class StyleGAN2Loss:
         if plr is None:
             return None
 
-        step = int(plr.step)
-        plr.step += 1
+        step = plr.count_step()
         if not plr.is_due(step):
             return None
 
